@@ -1,0 +1,207 @@
+"""The ``aigc-kit`` command: each command parses its arguments and calls one library function.
+
+User errors exit with status 2 and one message; ``--debug`` adds the traceback.
+Importing this module (and ``aigc-kit --help``) imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+USER_ERROR = 2
+FAILURE = 1
+
+
+@dataclass
+class State:
+    """Options given before the command, and the registry they describe (built on first use)."""
+
+    debug: bool = False
+    plugins: tuple[str, ...] = ()
+    strict: bool = False
+    _registry: Any = field(default=None, repr=False)
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            from aigc_kit.core.errors import UserError
+            from aigc_kit.core.registry import Registry
+
+            registry = Registry(strict=True if self.strict else None)
+            for reference in self.plugins:
+                try:
+                    registry.load_local(reference, base_dir=Path.cwd())
+                except UserError as error:
+                    error.field = error.field or "--plugin"
+                    raise
+            self._registry = registry
+        return self._registry
+
+
+class Group(click.Group):
+    """Turns known failures into one message and an exit status; tracebacks only with ``--debug``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # every exception ends here: the user sees one message
+            debug = bool(ctx.params.get("debug"))
+            status, message = _describe_failure(exc)
+            if debug:
+                traceback.print_exc()
+            click.echo(message, err=True)
+            if status == FAILURE and not debug and not _is_known(exc):
+                click.echo("(run with --debug to see the traceback)", err=True)
+            ctx.exit(status)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _is_known(exc: BaseException) -> bool:
+    from aigc_kit.core.errors import UserError, ValidationFailed
+
+    return isinstance(exc, UserError | ValidationFailed) or type(exc).__name__ == "TrainingError"
+
+
+def _describe_failure(exc: BaseException) -> tuple[int, str]:
+    from aigc_kit.core.errors import UserError, ValidationFailed
+
+    if isinstance(exc, UserError):
+        return USER_ERROR, f"error: {exc}"
+    if isinstance(exc, ValidationFailed):
+        report = json.dumps(exc.report, indent=2, default=str)
+        return FAILURE, f"export failed validation: {exc}\nreport: {report}"
+    if type(exc).__name__ == "TrainingError":
+        return FAILURE, f"training stopped: {exc}"
+    return FAILURE, f"internal error: {type(exc).__name__}: {exc}"
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py|MODULE",
+              help="Load a local plugin file or module (repeatable).")
+@click.option("--strict-plugins", is_flag=True,
+              help="Fail when any installed plugin fails to load (also AIGC_KIT_STRICT_PLUGINS=1).")
+@click.version_option(package_name="aigc-kit", prog_name="aigc-kit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...], strict_plugins: bool) -> None:
+    """Train image generators from YAML, with plugins, and export them to ONNX.
+
+    \b
+    aigc-kit run examples/dcgan-shapes.yaml     train, sample, checkpoint, export
+    aigc-kit validate CONFIG.yaml               check a config without training
+    aigc-kit plugins                            what is installed and what it offers
+    aigc-kit export runs/NAME --out model.onnx  export a trained run
+    """
+    ctx.obj = State(debug=debug, plugins=plugins, strict=strict_plugins)
+
+
+OVERRIDE = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a config field, e.g. --set train.steps=100 (repeatable; values are YAML).")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@OVERRIDE
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="The run directory (default: output.dir/output.name from the config).")
+@click.pass_obj
+def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | None) -> None:
+    """Train as CONFIG says; write samples, checkpoints, metrics and (if asked) an ONNX model."""
+    from aigc_kit.core.run import run as run_config
+
+    outcome = run_config(config, state.registry(), overrides=list(overrides), output=output)
+    result = outcome.train
+    click.echo(f"run directory: {outcome.run_dir}")
+    rate = result.steps / result.seconds if result.seconds else float("nan")
+    click.echo(f"  trained {result.steps} steps in {result.seconds:.1f} s ({rate:.2f} steps/s)")
+    if result.samples:
+        click.echo(f"  last samples: {result.samples[-1]}")
+    if result.checkpoint:
+        click.echo(f"  checkpoint: {result.checkpoint}")
+    if outcome.export:
+        _echo_export(outcome.export)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@OVERRIDE
+@click.pass_obj
+def validate(state: State, config: Path, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG, plugin options included, without training."""
+    from aigc_kit.core.config import load_config
+
+    loaded = load_config(config, state.registry(), list(overrides))
+    c = loaded.config
+    click.echo(f"{config}: valid (data {c.data.name}, model {c.model.name}, loss {c.loss.name}, "
+               f"sampler {c.sampler.name}, {c.train.steps} steps)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: plugins and every component with its options.")
+@click.pass_obj
+def plugins(state: State, as_json: bool) -> None:
+    """List plugins: distribution, version, source, hooks, components and status."""
+    from aigc_kit.core.plugin_api import KINDS
+
+    registry = state.registry()
+    records = registry.plugins()
+    if as_json:
+        components = {kind: [registry.describe(kind, name) for name in registry.names(kind)] for kind in KINDS}
+        click.echo(json.dumps({"plugins": [r.as_dict() for r in records], "components": components},
+                              indent=2, default=str))
+        return
+    for record in records:
+        where = f"{record.distribution} {record.version}" if record.distribution else record.location
+        click.echo(f"{record.name}  [{record.status}]  {record.source}: {where}")
+        if record.components:
+            click.echo(f"    provides: {', '.join(record.components)}")
+        if record.hooks:
+            click.echo(f"    hooks: {', '.join(record.hooks)}")
+        if record.error:
+            click.echo(f"    error: {record.error}")
+    for kind in KINDS:
+        for name in registry.names(kind):
+            spec = registry.spec(kind, name)
+            if name != spec.name or sum(s.name == spec.name for s in registry.specs(kind)) > 1:
+                click.echo(f"note: the {kind} name {spec.name!r} is offered by several plugins; use {name!r}")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--format", "format_", default="onnx", show_default=True, help="The exporter's name.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write.")
+@click.option("--opset", type=int, help="ONNX opset (onnx exporter).")
+@click.pass_obj
+def export(state: State, source: Path, format_: str, out: Path, opset: int | None) -> None:
+    """Export the sampling network of SOURCE (a run directory or checkpoint folder)."""
+    from aigc_kit.core.run import export as export_run
+
+    options = {"opset": opset} if opset is not None else {}
+    _echo_export(export_run(source, state.registry(), format=format_, out=out, options=options))
+
+
+def _echo_export(report: dict[str, Any]) -> None:
+    line = f"  exported: {report.get('path')}"
+    if "max_abs_error" in report:
+        sizes = ", ".join(str(b) for b in report.get("batch_sizes", []))
+        line += f" (onnxruntime vs PyTorch: max abs error {report['max_abs_error']:.2g} at batch sizes {sizes})"
+    click.echo(line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script's entry point."""
+    cli.main(args=argv, prog_name="aigc-kit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

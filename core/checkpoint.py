@@ -1,0 +1,209 @@
+"""Checkpoints: weights in safetensors, training state in a weights-only torch file, written atomically.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNN/`` holding
+
+* ``weights.safetensors``: every network (``networks/NAME/...``) and the EMA copy (``ema/NAME/...``);
+* ``state.pt``: optimizer and scaler states, the step, RNG states; read back with ``weights_only=True``;
+* ``config.yaml``: the resolved run config, so a checkpoint can be exported on its own.
+
+The folder is written under a temporary name, flushed to disk and renamed, and
+``checkpoints/latest`` (a one-line text file naming the newest folder) is
+replaced atomically afterwards: a crash at any moment leaves ``latest``
+pointing at a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+LATEST = "latest"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back from disk."""
+
+    path: Path
+    networks: dict[str, dict[str, torch.Tensor]]
+    ema: dict[str, dict[str, torch.Tensor]]
+    state: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state.get("step", 0))
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    networks: dict[str, torch.nn.Module],
+    ema: dict[str, torch.nn.Module],
+    state: dict[str, Any],
+    config: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write the checkpoint for ``step`` atomically, point ``latest`` at it and prune old ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / step_name(step)
+    staging = Path(tempfile.mkdtemp(prefix=f".{step_name(step)}.", dir=folder))
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        for prefix, modules in (("networks", networks), ("ema", ema)):
+            for name, module in modules.items():
+                for key, value in module.state_dict().items():
+                    tensors[f"{prefix}/{name}/{key}"] = value.detach().to("cpu").contiguous()
+        save_file(tensors, staging / WEIGHTS_FILE, metadata={"step": str(step)})
+        torch.save(dict(state, step=step), staging / STATE_FILE)
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        for file in staging.iterdir():
+            _fsync_file(file)
+        _fsync_dir(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _write_atomically(folder / LATEST, final.name + "\n")
+    _prune(folder, keep, protect=final.name)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder for a run directory, a ``checkpoints/`` folder or a checkpoint folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("no such run directory or checkpoint", file=str(path))
+    if (path / WEIGHTS_FILE).is_file():
+        return path
+    for folder in (path / "checkpoints", path):
+        latest = folder / LATEST
+        if latest.is_file():
+            target = folder / latest.read_text().strip()
+            if (target / WEIGHTS_FILE).is_file():
+                return target
+            raise UserError(
+                f"{latest} names {target.name}, which is not a complete checkpoint",
+                file=str(path),
+                hint="pass one of the step-NNNNNN folders explicitly",
+            )
+    raise UserError(
+        "expected a run directory (with checkpoints/) or a checkpoint folder (with weights.safetensors)",
+        file=str(path),
+        hint="run `aigc-kit run CONFIG` first, or pass runs/NAME",
+    )
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint; foreign or damaged files give a :class:`UserError`, never run code."""
+    folder = find_checkpoint(path)
+    try:
+        flat = load_file(folder / WEIGHTS_FILE)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read the weights: {exc}", file=str(folder / WEIGHTS_FILE)) from None
+    try:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        state = {}
+    except Exception as exc:  # torch raises many types for damaged or foreign pickles
+        raise UserError(
+            f"cannot read the training state: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            file=str(folder / STATE_FILE),
+        ) from None
+    config_path = folder / CONFIG_FILE
+    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    networks: dict[str, dict[str, torch.Tensor]] = {}
+    ema: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in flat.items():
+        prefix, _, rest = key.partition("/")
+        name, _, parameter = rest.partition("/")
+        target = networks if prefix == "networks" else ema if prefix == "ema" else None
+        if target is None or not parameter:
+            raise UserError(f"unexpected tensor {key!r} in the weights", file=str(folder / WEIGHTS_FILE))
+        target.setdefault(name, {})[parameter] = value
+    return Checkpoint(path=folder, networks=networks, ema=ema, state=state, config=config or {})
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every global random generator, in types ``torch.load(weights_only=True)`` accepts."""
+    _, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    random.setstate(_as_tuple(state["python"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+         numpy_state["has_gauss"], numpy_state["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuple(item) for item in value)
+    return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+    _fsync_dir(path.parent)
+
+
+def _prune(folder: Path, keep: int, protect: str) -> None:
+    steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        if old.name != protect:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

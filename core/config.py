@@ -1,0 +1,265 @@
+"""The run configuration: a YAML file, read with ``yaml.safe_load`` and validated by pydantic.
+
+A run config has the sections ``plugins``, ``seed``, ``device``, ``data``,
+``model``, ``loss``, ``sampler``, ``train``, ``output`` and ``export``.
+The component sections (``data``, ``model``, ``loss``, ``sampler``) hold a
+``name`` and that component's own options, which are checked against the
+options model of the plugin that offers it. Unknown keys are errors
+everywhere. Every problem is reported as a :class:`~aigc_kit.core.errors.UserError`
+naming the file and the dotted field.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError, from_validation_error
+from .plugin_api import Options
+from .registry import Registry
+
+COMPONENT_SECTIONS = {"data": "dataset", "model": "model", "loss": "loss", "sampler": "sampler"}
+"""Config section -> the component kind it names."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSection(BaseModel):
+    """A component by ``name`` (bare, or ``plugin:name``), followed by that component's options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="The component's name, as listed by `aigc-kit plugins`.")
+
+    def plugin_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimizerConfig(_Strict):
+    """Overrides of a phase's optimizer; unset fields keep the loss's proposal."""
+
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] | None = Field(None, description="Optimizer.")
+    lr: float | None = Field(None, gt=0, description="Learning rate.")
+    betas: tuple[float, float] | None = Field(None, description="Adam's (beta1, beta2).")
+    weight_decay: float | None = Field(None, ge=0, description="Weight decay.")
+    momentum: float | None = Field(None, ge=0, description="Momentum (rmsprop, sgd).")
+
+
+class EmaConfig(_Strict):
+    """Exponential moving average of the sampling network's weights, used for samples and export."""
+
+    enabled: bool = Field(True, description="Keep an EMA copy of the sampling network.")
+    decay: float = Field(0.999, gt=0, lt=1, description="The largest decay per step.")
+    warmup: bool = Field(
+        True,
+        description="Ramp the decay up as min(decay, (1 + step) / (10 + step)) so early averages follow the weights.",
+    )
+
+
+class TrainConfig(_Strict):
+    """How long and how to train, and how often to log, sample and checkpoint."""
+
+    steps: int = Field(1000, gt=0, description="Training steps (one step runs every phase of the loss).")
+    batch_size: int = Field(64, gt=0, description="Samples per batch (per phase repeat).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision; fp16 uses a gradient scaler and needs CUDA."
+    )
+    optimizers: dict[str, OptimizerConfig] = Field(
+        default_factory=dict, description="Per-phase optimizer overrides, keyed by phase name."
+    )
+    ema: EmaConfig = Field(default_factory=EmaConfig, description="EMA of the sampling network.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip each phase's gradient norm to this value.")
+    log_every: int = Field(10, gt=0, description="Write metrics.jsonl every this many steps.")
+    sample_every: int = Field(500, gt=0, description="Write a sample picture every this many steps.")
+    sample_count: int = Field(64, gt=0, le=1024, description="Samples in each picture (from fixed noise).")
+    checkpoint_every: int = Field(1000, gt=0, description="Write a checkpoint every this many steps.")
+    keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+class OutputConfig(_Strict):
+    """Where the run directory goes: ``dir/name``."""
+
+    dir: str = Field("runs", description="The folder holding run directories (relative to the working directory).")
+    name: str | None = Field(None, description="The run's name; defaults to the config file's name.")
+    overwrite: bool = Field(False, description="Allow writing into a run directory that already has checkpoints.")
+
+
+class ExportSection(BaseModel):
+    """Export the trained sampling network at the end of the run; other keys are the exporter's options."""
+
+    model_config = ConfigDict(extra="allow")
+    format: str = Field("onnx", description="The exporter's name.")
+    file: str = Field("model.onnx", description="The file name, inside the run directory.")
+
+    def plugin_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(_Strict):
+    """A whole run: which components, how to train them, where to write and what to export."""
+
+    plugins: list[str] = Field(
+        default_factory=list, description="Local plugins: .py files (relative to this file) or module names."
+    )
+    seed: int = Field(0, ge=0, description="Seeds Python, NumPy and torch; the data and noise follow from it.")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    data: ComponentSection = Field(description="The dataset.")
+    model: ComponentSection = Field(description="The model (its networks).")
+    loss: ComponentSection = Field(description="The loss and its phases.")
+    sampler: ComponentSection = Field(description="The sampler: noise prior and noise -> sample.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory.")
+    export: ExportSection | None = Field(None, description="Export at the end of the run (omit for none).")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+@dataclass
+class LoadedConfig:
+    """A validated run config with its components' validated options."""
+
+    config: RunConfig
+    source: Path | None
+    options: dict[str, Options]
+    """Validated options per component section (``data``, ``model``, ``loss``, ``sampler``, ``export``)."""
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data with every default filled in (written to the run directory)."""
+        data = self.config.model_dump(mode="json")
+        base_dir = self.source.parent if self.source is not None else Path.cwd()
+        # Plugin files are recorded by absolute path so that a checkpoint's config loads from anywhere.
+        data["plugins"] = [
+            str((base_dir / ref).resolve()) if ref.endswith(".py") or "/" in ref else ref for ref in data["plugins"]
+        ]
+        for section, options in self.options.items():
+            data[section].update(options.model_dump(mode="json"))
+        return data
+
+    def fingerprint(self) -> str:
+        """A hash of the resolved config, stored in checkpoints."""
+        text = json.dumps(self.resolved(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely; a missing file or bad YAML is a :class:`UserError`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("file not found", file=str(path), hint="check the path, relative to the working directory")
+    if path.is_dir():
+        raise UserError("expected a YAML file, found a folder", file=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read the file: {exc}", file=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"invalid YAML{where}: {problem}", file=str(path)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set dotted.key=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise UserError(
+                "an override must look like dotted.key=value",
+                field="--set",
+                given=override,
+                hint="for example --set train.steps=100",
+            )
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(
+                    f"cannot set {key}: {'.'.join(parts[: depth + 1])} is not a section",
+                    field="--set",
+                    given=override,
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def parse_config(
+    data: Any,
+    registry: Registry,
+    *,
+    source: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> LoadedConfig:
+    """Validate config data, load the local plugins it names, and validate every component's options."""
+    file = str(source) if source is not None else None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(
+            "expected a mapping of sections (data, model, loss, sampler, train, ...)",
+            file=file,
+            given=data,
+            hint="see examples/dcgan-shapes.yaml",
+        )
+    data = apply_overrides(json.loads(json.dumps(data, default=str)), overrides or [])
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, file=file, model=RunConfig) from None
+    base_dir = Path(source).parent if source is not None else Path.cwd()
+    for index, reference in enumerate(config.plugins):
+        try:
+            registry.load_local(reference, base_dir=base_dir)
+        except UserError as error:
+            error.field = error.field or f"plugins[{index}]"
+            raise error.with_file(file) if file else error
+    options: dict[str, Options] = {}
+    sections = dict(COMPONENT_SECTIONS)
+    if config.export is not None:
+        sections["export"] = "exporter"
+    for section, kind in sections.items():
+        part = getattr(config, section)
+        name = part.format if section == "export" else part.name
+        name_field = f"{section}.format" if section == "export" else f"{section}.name"
+        try:
+            registry.spec(kind, name)
+        except UserError as error:
+            error.field = name_field
+            raise error.with_file(file) if file else error
+        try:
+            options[section] = registry.options(kind, name, part.plugin_options(), field_prefix=section)
+        except UserError as error:
+            raise error.with_file(file) if file else error
+    return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options)
+
+
+def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:
+    """Read and validate a run config file (see :func:`parse_config`)."""
+    return parse_config(read_yaml(path), registry, source=path, overrides=overrides)

@@ -1,0 +1,96 @@
+"""Every hook aigc-kit calls, in one place.
+
+A plugin implements any of these with a function of the same name marked
+:data:`aigc_kit.core.plugin_api.hookimpl`. Every hook is called once per
+plugin while the registry loads, with no arguments, and returns a list of
+:class:`~aigc_kit.core.plugin_api.ComponentSpec` (possibly empty). A
+misspelt hook name in a plugin is an error when the plugin is loaded.
+
+Component names should be lower-case words joined by ``-`` (``gan-bce``);
+two plugins may offer the same name, and a user then addresses each as
+``plugin:name``.
+
+Hook API version: :data:`aigc_kit.core.plugin_api.HOOK_API_VERSION`.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .plugin_api import PROJECT_NAME, ComponentSpec
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def aigc_register_models() -> list[ComponentSpec]:
+    """Offer model components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options, data_shape=None)`` and
+    returns a :class:`~aigc_kit.core.plugin_api.ModelBundle`; ``data_shape``
+    is one data sample's shape when the model is built for a run.
+    """
+
+
+@hookspec
+def aigc_register_losses() -> list[ComponentSpec]:
+    """Offer loss components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options)`` and returns an object
+    following :class:`~aigc_kit.core.plugin_api.Loss`: a list of ``phases``
+    and ``compute(phase, batch, bundle, step) -> (loss, logs)``.
+    """
+
+
+@hookspec
+def aigc_register_samplers() -> list[ComponentSpec]:
+    """Offer sampler components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options)`` and returns an object
+    following :class:`~aigc_kit.core.plugin_api.Sampler`:
+    ``noise(n, shape, generator, device)`` and ``sample(network, noise, generator)``.
+    """
+
+
+@hookspec
+def aigc_register_datasets() -> list[ComponentSpec]:
+    """Offer dataset components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options)`` and returns a
+    :class:`~aigc_kit.core.plugin_api.DatasetBundle`.
+    """
+
+
+@hookspec
+def aigc_register_metrics() -> list[ComponentSpec]:
+    """Offer metric components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options)`` and returns an object
+    with ``update(batch)`` and ``compute() -> dict[str, float]``.
+    """
+
+
+@hookspec
+def aigc_register_exporters() -> list[ComponentSpec]:
+    """Offer exporter components.
+
+    Called once when the registry loads the plugin.
+    Return specs whose factory is ``factory(options)`` and returns an object
+    following :class:`~aigc_kit.core.plugin_api.Exporter`.
+    """
+
+
+HOOK_FOR_KIND = {
+    "model": "aigc_register_models",
+    "loss": "aigc_register_losses",
+    "sampler": "aigc_register_samplers",
+    "dataset": "aigc_register_datasets",
+    "metric": "aigc_register_metrics",
+    "exporter": "aigc_register_exporters",
+}
+"""The hook through which each component kind is registered."""

@@ -1,0 +1,325 @@
+"""The training loop: phases, optimizers, precision, EMA, sample pictures, metrics and checkpoints.
+
+The loop knows components, not model families: a loss declares its phases
+(a GAN's ``discriminator`` phase repeated n times, then its ``generator``
+phase; a diffusion model's single phase) and computes each phase's loss; the
+loop keeps one optimizer per phase over the networks that phase trains::
+
+    for step in range(start, steps):
+        for phase in loss.phases:
+            for _ in range(phase.repeat):
+                loss_value, logs = loss.compute(phase, next(batches), bundle, step)
+                optimizers[phase.name].step(loss_value)
+        ema.update(sampling network)
+        at intervals: metrics.jsonl, sample picture, checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import checkpoint as checkpoints
+from .config import OptimizerConfig, RunConfig
+from .device import autocast, evaluating, make_grad_scaler
+from .ema import EMA
+from .errors import UserError, did_you_mean
+from .pictures import save_grid, save_scatter
+from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the last checkpoint is left intact."""
+
+
+@dataclass
+class Components:
+    """The components of a run, built from its config by the registry."""
+
+    data: DatasetBundle
+    model: ModelBundle
+    loss: Any
+    sampler: Any
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    steps: int
+    checkpoint: Path | None
+    samples: list[Path] = field(default_factory=list)
+    last_logs: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class PhaseOptimizer:
+    """One phase's optimizer, with gradient scaling (fp16) and clipping."""
+
+    def __init__(self, phase: Phase, networks: dict[str, torch.nn.Module], settings: OptimizerSettings,
+                 scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
+        self.phase = phase
+        self.parameters = [p for name in phase.trains for p in networks[name].parameters()]
+        self.optimizer = build_optimizer(settings, self.parameters)
+        self.scaler = scaler
+        self.grad_clip = grad_clip
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.optimizer.step()
+
+
+def build_optimizer(settings: OptimizerSettings, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The torch optimizer named by ``settings``."""
+    if settings.name == "adam":
+        return torch.optim.Adam(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    if settings.name == "adamw":
+        return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    if settings.name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=settings.lr, momentum=settings.momentum,
+                                   weight_decay=settings.weight_decay)
+    if settings.name == "sgd":
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.name!r}")
+
+
+def merge_optimizer(proposed: OptimizerSettings, override: OptimizerConfig | None) -> OptimizerSettings:
+    """The loss's proposed optimizer with the config's overrides applied."""
+    if override is None:
+        return proposed
+    changes = {key: value for key, value in override.model_dump().items() if value is not None}
+    return OptimizerSettings(**{**proposed.__dict__, **changes})
+
+
+def endless_batches(loader: DataLoader, device: torch.device, start_epoch: int = 0) -> Iterator[torch.Tensor]:
+    """Yield batches forever, reshuffling each epoch; datasets may yield tensors or (tensor, label) pairs."""
+    epoch = start_epoch
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            if isinstance(batch, list | tuple):
+                batch = batch[0]
+            yield batch.to(device, non_blocking=True)
+        epoch += 1
+
+
+class Trainer:
+    """Trains the components of one run and writes its run directory."""
+
+    def __init__(self, components: Components, config: RunConfig, resolved_config: dict[str, Any],
+                 run_dir: Path, device: torch.device) -> None:
+        self.components = components
+        self.config = config
+        self.train = config.train
+        self.resolved_config = resolved_config
+        self.run_dir = run_dir
+        self.device = device
+        self.bundle = components.model
+        self.networks: dict[str, torch.nn.Module] = self.bundle.networks
+        self.phases: list[Phase] = list(components.loss.phases)
+        self._check_phases()
+        for network in self.networks.values():
+            network.to(device).train()
+        self.scaler = make_grad_scaler(self.train.precision, device)
+        self.optimizers = {
+            phase.name: PhaseOptimizer(
+                phase, self.networks,
+                merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
+                self.scaler, self.train.grad_clip,
+            )
+            for phase in self.phases
+        }
+        sampling = self.networks[self.bundle.sampling_network]
+        self.ema = EMA(sampling, self.train.ema.decay, self.train.ema.warmup) if self.train.ema.enabled else None
+        noise_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.fixed_noise = components.sampler.noise(
+            self.train.sample_count, tuple(self.bundle.noise_shape), generator=noise_generator
+        ).to(device)
+        self.metrics_path = run_dir / "metrics.jsonl"
+
+    def _check_phases(self) -> None:
+        loss_name, model_name = self.config.loss.name, self.config.model.name
+        if not self.phases:
+            raise UserError(f"loss {loss_name!r} declares no phases", field="loss.name")
+        for phase in self.phases:
+            for network in phase.trains:
+                if network not in self.networks:
+                    raise UserError(
+                        f"loss {loss_name!r} trains a network named {network!r}, "
+                        f"but model {model_name!r} has {sorted(self.networks)}",
+                        field="loss.name",
+                        hint="pick a loss made for this kind of model",
+                    )
+        names = {phase.name for phase in self.phases}
+        for phase_name in self.train.optimizers:
+            if phase_name not in names:
+                raise UserError(
+                    f"loss {loss_name!r} has no phase {phase_name!r}",
+                    field=f"train.optimizers.{phase_name}",
+                    hint=did_you_mean(phase_name, names),
+                )
+        if self.bundle.sampling_network not in self.networks:
+            raise UserError(
+                f"model {model_name!r} names a sampling network {self.bundle.sampling_network!r} it lacks",
+                field="model.name",
+            )
+
+    # -- the loop ------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        train = self.train
+        dataset = self.components.data.dataset
+        if len(dataset) < train.batch_size:
+            raise UserError(
+                f"the dataset has {len(dataset)} samples, fewer than one batch",
+                field="train.batch_size",
+                given=train.batch_size,
+                hint="use a smaller batch or more data",
+            )
+        loader = DataLoader(
+            dataset,
+            batch_size=train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=train.data_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=train.data_workers > 0,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+        batches = endless_batches(loader, self.device)
+        result = TrainResult(steps=0, checkpoint=None)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        started = interval_start = time.perf_counter()
+        progress = _progress(train.steps, enabled=train.progress)
+        step = 0
+        batch = None
+        try:
+            for step in range(1, train.steps + 1):
+                for phase in self.phases:
+                    self._only_train(phase)
+                    for _ in range(phase.repeat):
+                        if phase.uses_data or batch is None:
+                            batch = next(batches)
+                        with autocast(train.precision, self.device):
+                            loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
+                        if not torch.isfinite(loss.detach()).item():
+                            raise TrainingError(
+                                f"the {phase.name} phase's loss is {loss.item()} at step {step}; "
+                                f"stopped (the last checkpoint, if any, is intact)"
+                            )
+                        self.optimizers[phase.name].step(loss)
+                        for key, value in {"loss": loss.detach(), **logs}.items():
+                            name = f"{phase.name}/{key}"
+                            sums[name] = sums.get(name, 0.0) + float(value)
+                            counts[name] = counts.get(name, 0) + 1
+                if self.ema is not None:
+                    self.ema.update(self.networks[self.bundle.sampling_network], step)
+                progress.update(1)
+                if step % train.log_every == 0 or step == train.steps:
+                    now = time.perf_counter()
+                    logs = {name: sums[name] / counts[name] for name in sums}
+                    steps_done = train.log_every if step % train.log_every == 0 else step % train.log_every
+                    self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
+                              seconds=now - started)
+                    progress.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in logs.items()
+                                          if k.endswith("/loss")}, refresh=False)
+                    result.last_logs = logs
+                    sums.clear()
+                    counts.clear()
+                    interval_start = now
+                if step % train.sample_every == 0 or step == train.steps:
+                    result.samples.append(self.write_samples(step))
+                if step % train.checkpoint_every == 0 or step == train.steps:
+                    result.checkpoint = self.write_checkpoint(step)
+        except KeyboardInterrupt:
+            progress.close()
+            if step > 1:
+                result.checkpoint = self.write_checkpoint(step - 1)
+            raise
+        finally:
+            progress.close()
+        for network in self.networks.values():
+            network.requires_grad_(True)
+        result.steps = train.steps
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _only_train(self, phase: Phase) -> None:
+        """Let gradients flow into the phase's networks only (the others are inputs to its loss)."""
+        for name, network in self.networks.items():
+            network.requires_grad_(name in phase.trains)
+
+    # -- outputs -------------------------------------------------------------
+
+    def sampling_network(self) -> torch.nn.Module:
+        """The network samples and exports use: the EMA copy when there is one."""
+        return self.ema.averaged if self.ema is not None else self.networks[self.bundle.sampling_network]
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path:
+        network = self.sampling_network()
+        with evaluating(network):
+            samples = self.components.sampler.sample(network, self.fixed_noise)
+        info = self.components.data.info
+        path = self.run_dir / "samples" / f"step-{step:06d}.png"
+        if info.preview == "scatter":
+            save_scatter(samples, path, info.value_range)
+        else:
+            save_grid(samples, path, info.value_range)
+        return path
+
+    def write_checkpoint(self, step: int) -> Path:
+        state = {
+            "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": checkpoints.rng_state(),
+        }
+        ema = {self.bundle.sampling_network: self.ema.averaged} if self.ema is not None else {}
+        return checkpoints.save_checkpoint(
+            self.run_dir / "checkpoints", step, self.networks, ema, state, self.resolved_config,
+            keep=self.train.keep_checkpoints,
+        )
+
+    def _log(self, step: int, logs: dict[str, float], **extra: float) -> None:
+        record = {"step": step, **{k: round(v, 6) if math.isfinite(v) else v for k, v in logs.items()},
+                  **{k: round(v, 4) for k, v in extra.items()}}
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
+                disable=None if not sys.stderr.isatty() else False)

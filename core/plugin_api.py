@@ -1,0 +1,176 @@
+"""What a plugin author imports: the hook marker, the spec objects and the component protocols.
+
+A plugin is a module with functions marked ``@hookimpl`` whose names match the
+hooks in :mod:`aigc_kit.core.hookspecs`. Each hook returns a list of
+:class:`ComponentSpec`; the registry validates names, detects clashes and
+builds components from the specs only when a run needs them, so a plugin's
+module should stay cheap to import (import torch inside factories).
+
+A complete plugin::
+
+    from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+
+    class TinyOptions(Options):
+        width: int = 32
+
+    def build_tiny(options, data_shape=None):
+        from my_package.networks import build   # heavy imports stay here
+        return build(options, data_shape)
+
+    @hookimpl
+    def aigc_register_models():
+        return [ComponentSpec("tiny", build_tiny, "A tiny generator.", TinyOptions)]
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import pluggy
+from pydantic import BaseModel, ConfigDict
+
+PROJECT_NAME = "aigc_kit"
+"""The pluggy project name and the entry-point group plugins register under."""
+
+HOOK_API_VERSION = "1.0"
+"""The version of the hook API in :mod:`aigc_kit.core.hookspecs`."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a plugin function as the implementation of the hook of the same name."""
+
+KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
+"""The component kinds, each registered through its own hook."""
+
+Kind = Literal["model", "loss", "sampler", "dataset", "metric", "exporter"]
+
+
+class Options(BaseModel):
+    """Base class of a component's options: unknown keys are rejected, defaults are documented.
+
+    Give every field a ``Field(description=...)``: the descriptions are shown
+    by ``aigc-kit plugins --json`` and in the docs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(Options):
+    """For components that take no options."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component a plugin offers: a name, a factory, a one-line description and an options model.
+
+    ``factory(options)`` builds the component from a validated instance of
+    ``options``; model factories also receive ``data_shape``, the shape of
+    one data sample (for example ``(3, 32, 32)``), so a model can fill in its
+    resolution and channels from the data.
+    ``plugin`` is filled in by the registry with the name of the plugin that
+    returned the spec.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    options: type[Options] = NoOptions
+    plugin: str = ""
+
+
+# ---------------------------------------------------------------------------
+# What the factories return. These describe torch objects but import no torch.
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """An optimizer by name and its hyperparameters; a loss phase proposes one, the config may override it."""
+
+    name: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One optimisation phase of a loss: which networks it trains, how often it repeats per step.
+
+    A GAN loss has a ``discriminator`` phase (``repeat`` = critic steps)
+    followed by a ``generator`` phase; a diffusion loss has one phase.
+    The core loop keeps one optimizer per phase, covering the ``trains`` networks.
+    A phase with ``uses_data=False`` (a GAN's generator phase) is given the
+    last batch again instead of a new one: it only needs its size and device.
+    """
+
+    name: str
+    trains: tuple[str, ...]
+    repeat: int = 1
+    uses_data: bool = True
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+
+
+@dataclass
+class ModelBundle:
+    """What a model factory returns: named networks, the one that samples, and its noise shape.
+
+    ``networks`` maps names to ``torch.nn.Module`` (``{"generator": ..., "discriminator": ...}``);
+    ``sampling_network`` names the network a sampler turns noise into images with;
+    ``noise_shape`` is the shape of one noise sample (``(latent_dim,)`` for a GAN).
+    """
+
+    networks: dict[str, Any]
+    sampling_network: str
+    noise_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the loop needs to know about a dataset's samples.
+
+    ``shape`` is one sample's shape; samples are float tensors with values in
+    ``value_range``; ``preview`` says how samples are pictured
+    (``"grid"`` of images, or ``"scatter"`` for 2-D points).
+    """
+
+    shape: tuple[int, ...]
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    preview: Literal["grid", "scatter"] = "grid"
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset factory returns: a map-style ``torch.utils.data.Dataset`` and its :class:`DatasetInfo`."""
+
+    dataset: Any
+    info: DatasetInfo
+
+
+class Loss(Protocol):
+    """A loss component: its phases, and the loss of one phase for one batch."""
+
+    phases: list[Phase]
+
+    def compute(self, phase: Phase, batch: Any, bundle: ModelBundle, step: int) -> tuple[Any, dict[str, float]]:
+        """Return ``(loss, logs)``: a scalar tensor to minimise and floats to log under the phase's name."""
+
+
+class Sampler(Protocol):
+    """A sampler: the prior noise, and the map from noise to images with the sampling network."""
+
+    def noise(self, n: int, shape: tuple[int, ...], generator: Any = None, device: Any = None) -> Any:
+        """Draw ``n`` noise samples of ``shape`` (a ``torch.Tensor`` of shape ``(n, *shape)``)."""
+
+    def sample(self, network: Any, noise: Any, generator: Any = None) -> Any:
+        """Turn ``noise`` into samples with ``network``; must be traceable for export."""
+
+
+class Exporter(Protocol):
+    """An exporter: writes the sampling network and sampler to a file and validates it."""
+
+    def export(self, bundle: ModelBundle, sampler: Any, path: str, metadata: dict[str, str]) -> Any:
+        """Write the model to ``path`` and return a report; raise when validation fails."""

@@ -1,0 +1,426 @@
+"""The plugin registry: discovers plugins, collects their components and builds them by name.
+
+Plugins come from three places:
+
+* entry points of the group ``aigc_kit`` (installed packages, the built-ins included);
+* local files or modules named in a run config (``plugins: [my_plugin.py]``)
+  or with ``--plugin`` on the command line.
+
+Each entry point is imported and registered on its own: a plugin that fails
+is unregistered and reported (``aigc-kit plugins``) and the others carry on,
+unless ``AIGC_KIT_STRICT_PLUGINS=1``. ``AIGC_KIT_DISABLE_PLUGINS=a,b`` keeps
+the named plugins (entry-point or distribution names) from being imported.
+
+The Python API::
+
+    from aigc_kit.core import registry
+    registry.names("model")                       # ['dcgan', ...]
+    registry.describe("model", "dcgan")           # description, options, defaults
+    model = registry.create("model", "dcgan", resolution=64)
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from pydantic import ValidationError
+
+from . import hookspecs
+from .errors import UserError, did_you_mean, from_validation_error
+from .plugin_api import KINDS, PROJECT_NAME, ComponentSpec
+
+DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
+STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
+OWN_DISTRIBUTION = "aigc-kit"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class PluginRecord:
+    """What the registry knows about one plugin, loaded or not (shown by ``aigc-kit plugins``)."""
+
+    name: str
+    source: str
+    """``built-in``, ``entry point``, ``local file`` or ``module``."""
+    location: str
+    """The entry point's target, the file's path or the module's name."""
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "loaded"
+    """``loaded``, ``failed`` or ``disabled``."""
+    error: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)
+    """``kind:name`` of each component the plugin offers."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Registry:
+    """A pluggy plugin manager plus an index of the components the plugins offer.
+
+    ``Registry(entry_points=False)`` discovers nothing: tests register the
+    plugin under test with :meth:`add_plugin`.
+    """
+
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        disabled: Iterable[str] | None = None,
+        strict: bool | None = None,
+    ) -> None:
+        self.plugin_manager = pluggy.PluginManager(PROJECT_NAME)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self._specs: dict[str, list[ComponentSpec]] = {kind: [] for kind in KINDS}
+        if disabled is None:
+            disabled = os.environ.get(DISABLE_ENV, "").split(",")
+        self.disabled = {name.strip() for name in disabled if name.strip()}
+        if strict is None:
+            strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+        self.strict = strict
+        if entry_points:
+            self.load_entry_points()
+
+    # -- discovery ---------------------------------------------------------
+
+    def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Import and register each entry point of the ``aigc_kit`` group, one at a time."""
+        if entry_points is None:
+            entry_points = metadata.entry_points(group=PROJECT_NAME)
+        for entry_point in sorted(entry_points, key=_builtin_first):
+            distribution = entry_point.dist.name if entry_point.dist else None
+            version = entry_point.dist.version if entry_point.dist else None
+            builtin = distribution is not None and _normalise(distribution) == OWN_DISTRIBUTION
+            record = PluginRecord(
+                name=entry_point.name,
+                source="built-in" if builtin else "entry point",
+                location=entry_point.value,
+                distribution=distribution,
+                version=version,
+            )
+            if entry_point.name in self.records:
+                record.status = "failed"
+                other = self.records[entry_point.name]
+                record.error = (
+                    f"the plugin name {entry_point.name!r} is already taken by "
+                    f"{_provider(other)}; one of the two distributions must rename its entry point"
+                )
+                self._fail(record, record.name + "#duplicate")
+                continue
+            if entry_point.name in self.disabled or (distribution and distribution in self.disabled):
+                record.status = "disabled"
+                self.records[record.name] = record
+                continue
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # a broken plugin must not take the host down
+                record.status = "failed"
+                record.error = f"import failed: {type(exc).__name__}: {exc}"
+                self._fail(record, record.name, exc)
+                continue
+            self._register(plugin, record)
+
+    def add_plugin(self, plugin: Any, name: str, *, source: str = "module", location: str = "") -> PluginRecord:
+        """Register an object or module as a plugin; raise :class:`UserError` if it is invalid."""
+        record = PluginRecord(name=name, source=source, location=location or name)
+        if name in self.records and self.records[name].status == "loaded":
+            if self.records[name].location == record.location:
+                return self.records[name]
+            raise UserError(
+                f"a plugin named {name!r} is already loaded from {self.records[name].location}",
+                given=record.location,
+                hint="rename one of the two files or modules",
+            )
+        if not self._register(plugin, record, raise_errors=True):
+            raise UserError(f"plugin {name!r} could not be loaded: {record.error}")
+        return record
+
+    def load_local(self, reference: str, base_dir: str | os.PathLike | None = None) -> PluginRecord:
+        """Load a plugin named by the user: a ``.py`` file (relative to ``base_dir``) or a module name."""
+        if reference.endswith(".py") or os.sep in reference or "/" in reference:
+            path = Path(reference)
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            if not path.is_file():
+                raise UserError(
+                    "plugin file not found",
+                    given=str(path),
+                    hint="paths in `plugins:` are relative to the config file's folder",
+                )
+            name = path.stem
+            module_name = f"aigc_kit_local_plugins.{name}"
+            module = sys.modules.get(module_name)
+            if module is None or getattr(module, "__file__", None) != str(path.resolve()):
+                spec = importlib.util.spec_from_file_location(module_name, path.resolve())
+                module = importlib.util.module_from_spec(spec)
+                try:
+                    spec.loader.exec_module(module)
+                except Exception as exc:
+                    raise UserError(
+                        f"plugin file failed to import: {type(exc).__name__}: {exc}",
+                        given=str(path),
+                        hint="run with --debug to see the traceback",
+                    ) from exc
+                sys.modules[module_name] = module
+            return self.add_plugin(module, name, source="local file", location=str(path))
+        try:
+            module = importlib.import_module(reference)
+        except ModuleNotFoundError as exc:
+            if exc.name and reference.startswith(exc.name):
+                raise UserError(
+                    "plugin module not found",
+                    given=reference,
+                    hint="install the package that provides it, or give a path to a .py file",
+                ) from exc
+            raise UserError(f"plugin module failed to import: {exc}", given=reference) from exc
+        except Exception as exc:
+            raise UserError(
+                f"plugin module failed to import: {type(exc).__name__}: {exc}",
+                given=reference,
+                hint="run with --debug to see the traceback",
+            ) from exc
+        return self.add_plugin(module, reference, source="module", location=reference)
+
+    def _register(self, plugin: Any, record: PluginRecord, raise_errors: bool = False) -> bool:
+        """Register ``plugin`` and collect its components, all or nothing."""
+        manager = self.plugin_manager
+        try:
+            manager.register(plugin, name=record.name)
+            manager.check_pending()
+            record.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+            specs = self._collect(plugin, record)
+        except Exception as exc:
+            if manager.get_plugin(record.name) is not None:
+                manager.unregister(name=record.name)
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            if raise_errors:
+                self.records[record.name] = record
+                return False
+            self._fail(record, record.name, exc)
+            return False
+        for kind, kind_specs in specs.items():
+            self._specs[kind].extend(kind_specs)
+        record.components = [f"{kind}:{spec.name}" for kind in KINDS for spec in specs[kind]]
+        record.status = "loaded"
+        self.records[record.name] = record
+        return True
+
+    def _collect(self, plugin: Any, record: PluginRecord) -> dict[str, list[ComponentSpec]]:
+        """Call each registration hook of ``plugin`` alone and check what it returns."""
+        manager = self.plugin_manager
+        others = [p for p in manager.get_plugins() if p is not plugin]
+        specs: dict[str, list[ComponentSpec]] = {kind: [] for kind in KINDS}
+        for kind, hook_name in hookspecs.HOOK_FOR_KIND.items():
+            if hook_name not in record.hooks:
+                continue
+            caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+            for result in caller():
+                if result is None:
+                    continue
+                if isinstance(result, ComponentSpec):
+                    result = [result]
+                for spec in result:
+                    specs[kind].append(self._checked(spec, kind, hook_name, record))
+            names = [spec.name for spec in specs[kind]]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{hook_name} returned the {kind} name(s) {repeated} more than once")
+        return specs
+
+    @staticmethod
+    def _checked(spec: Any, kind: str, hook_name: str, record: PluginRecord) -> ComponentSpec:
+        if not isinstance(spec, ComponentSpec):
+            raise TypeError(f"{hook_name} must return ComponentSpec objects, got {type(spec).__name__}")
+        if not _NAME_PATTERN.match(spec.name or ""):
+            raise ValueError(
+                f"{hook_name} returned an invalid {kind} name {spec.name!r}: "
+                "use letters, digits, '-', '_' or '.', and no ':'"
+            )
+        if not callable(spec.factory):
+            raise TypeError(f"the factory of {kind} {spec.name!r} is not callable")
+        if not hasattr(spec.options, "model_validate"):
+            raise TypeError(f"the options of {kind} {spec.name!r} must be a pydantic model class")
+        return dataclasses.replace(spec, plugin=record.name)
+
+    def _fail(self, record: PluginRecord, key: str, exc: BaseException | None = None) -> None:
+        self.records[key] = record
+        if self.strict:
+            message = f"plugin {record.name!r} ({_provider(record)}) failed to load: {record.error}"
+            raise UserError(message, hint=f"unset {STRICT_ENV} to skip failing plugins") from exc
+
+    # -- lookup ------------------------------------------------------------
+
+    def specs(self, kind: str) -> list[ComponentSpec]:
+        """Every component of ``kind`` from the loaded plugins, clashing names included."""
+        _check_kind(kind)
+        return list(self._specs[kind])
+
+    def names(self, kind: str) -> list[str]:
+        """The names that address components of ``kind``: bare where unique, ``plugin:name`` on a clash."""
+        specs = self.specs(kind)
+        counts: dict[str, int] = {}
+        for spec in specs:
+            counts[spec.name] = counts.get(spec.name, 0) + 1
+        return sorted(spec.name if counts[spec.name] == 1 else f"{spec.plugin}:{spec.name}" for spec in specs)
+
+    def spec(self, kind: str, name: str) -> ComponentSpec:
+        """The spec addressed by ``name`` (bare or ``plugin:name``); :class:`UserError` if unknown or ambiguous."""
+        specs = self.specs(kind)
+        if ":" in name:
+            plugin, _, component = name.partition(":")
+            for spec in specs:
+                if spec.plugin == plugin and spec.name == component:
+                    return spec
+            qualified = [f"{spec.plugin}:{spec.name}" for spec in specs]
+            raise UserError(
+                f"unknown {kind} {name!r}",
+                hint=did_you_mean(name, qualified) or self._failed_hint(),
+            )
+        matches = [spec for spec in specs if spec.name == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            providers = " and ".join(
+                f"plugin {spec.plugin!r} ({_provider(self.records[spec.plugin])})" for spec in matches
+            )
+            raise UserError(
+                f"the {kind} name {name!r} is offered by {providers}",
+                hint="say which one you mean: " + " or ".join(repr(f"{s.plugin}:{s.name}") for s in matches),
+            )
+        hint = did_you_mean(name, self.names(kind))
+        failed = self._failed_hint()
+        raise UserError(f"unknown {kind} {name!r}", hint="; ".join(h for h in (hint, failed) if h) or None)
+
+    def _failed_hint(self) -> str | None:
+        failed = [record.name for record in self.records.values() if record.status == "failed"]
+        if failed:
+            return f"plugin(s) {', '.join(sorted(failed))} failed to load; see `aigc-kit plugins`"
+        return None
+
+    def options(self, kind: str, name: str, values: dict[str, Any] | None = None, *, field_prefix: str = "") -> Any:
+        """Validate ``values`` against the component's options model; :class:`UserError` names the bad field."""
+        spec = self.spec(kind, name)
+        try:
+            return spec.options.model_validate(values or {})
+        except ValidationError as exc:
+            raise from_validation_error(exc, prefix=field_prefix, model=spec.options) from None
+
+    def create(self, kind: str, name: str, /, **options: Any) -> Any:
+        """Build the component ``name`` of ``kind`` from keyword options.
+
+        Models also accept ``data_shape`` (one sample's shape), which is passed
+        to the factory rather than validated as an option.
+        """
+        spec = self.spec(kind, name)
+        data_shape = options.pop("data_shape", None) if kind == "model" else None
+        validated = self.options(kind, name, options)
+        if kind == "model":
+            return spec.factory(validated, data_shape=data_shape)
+        return spec.factory(validated)
+
+    def describe(self, kind: str, name: str) -> dict[str, Any]:
+        """The component's name, plugin, description and options (type, default, description)."""
+        spec = self.spec(kind, name)
+        record = self.records.get(spec.plugin)
+        return {
+            "kind": kind,
+            "name": spec.name,
+            "plugin": spec.plugin,
+            "distribution": record.distribution if record else None,
+            "description": spec.description,
+            "options": describe_options(spec.options),
+        }
+
+    def plugins(self) -> list[PluginRecord]:
+        """Every plugin seen, loaded, failed or disabled."""
+        return list(self.records.values())
+
+
+def describe_options(options_model: Any) -> list[dict[str, Any]]:
+    """Name, type, default and description of each field of a pydantic options model."""
+    described = []
+    for name, info in options_model.model_fields.items():
+        annotation = info.annotation
+        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        described.append(
+            {
+                "name": name,
+                "type": type_name,
+                "required": info.is_required(),
+                "default": default,
+                "description": info.description or "",
+            }
+        )
+    return described
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise UserError(f"unknown component kind {kind!r}", hint=did_you_mean(kind, KINDS))
+
+
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _builtin_first(entry_point: metadata.EntryPoint) -> tuple[int, str]:
+    distribution = entry_point.dist.name if entry_point.dist else ""
+    return (0 if _normalise(distribution) == OWN_DISTRIBUTION else 1, entry_point.name)
+
+
+def _provider(record: PluginRecord) -> str:
+    if record.distribution:
+        return f"{record.distribution} {record.version or ''}".strip()
+    return record.location
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback of ``exc`` as text (for ``--debug`` output)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+# -- the default registry ------------------------------------------------------
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry with every installed plugin, created on first use."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default
+
+
+def names(kind: str) -> list[str]:
+    """The component names of ``kind`` in the default registry."""
+    return default_registry().names(kind)
+
+
+def create(kind: str, name: str, /, **options: Any) -> Any:
+    """Build a component from the default registry: ``create("sampler", "normal", truncation=2.0)``."""
+    return default_registry().create(kind, name, **options)
+
+
+def describe(kind: str, name: str) -> dict[str, Any]:
+    """Describe a component of the default registry (see :meth:`Registry.describe`)."""
+    return default_registry().describe(kind, name)

@@ -1,0 +1,133 @@
+"""A run from start to finish: config -> components -> training -> run directory -> export.
+
+:func:`run` is what ``aigc-kit run`` calls; :func:`export` is what ``aigc-kit export`` calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import LoadedConfig, load_config, parse_config
+from .errors import UserError
+from .registry import Registry
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`run` produced."""
+
+    run_dir: Path
+    train: Any
+    export: Any | None
+
+
+def run_directory(loaded: LoadedConfig, output: str | Path | None) -> Path:
+    """The run directory: ``--output`` if given, else ``output.dir/output.name`` (name defaults to the file's)."""
+    if output is not None:
+        return Path(output)
+    config = loaded.config
+    name = config.output.name or (loaded.source.stem if loaded.source else "run")
+    return Path(config.output.dir) / name
+
+
+def build_components(loaded: LoadedConfig, registry: Registry) -> Any:
+    """Build the dataset, model, loss and sampler a config names."""
+    from .loop import Components
+
+    config = loaded.config
+    data = registry.spec("dataset", config.data.name).factory(loaded.options["data"])
+    model = registry.spec("model", config.model.name).factory(loaded.options["model"], data_shape=data.info.shape)
+    loss = registry.spec("loss", config.loss.name).factory(loaded.options["loss"])
+    sampler = registry.spec("sampler", config.sampler.name).factory(loaded.options["sampler"])
+    return Components(data=data, model=model, loss=loss, sampler=sampler)
+
+
+def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | None = None,
+        output: str | Path | None = None) -> RunOutcome:
+    """Train as the config file says, write the run directory and export if the config asks."""
+    loaded = load_config(config_path, registry, overrides)
+    return run_loaded(loaded, registry, output=output)
+
+
+def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None) -> RunOutcome:
+    """Train from an already validated config (see :func:`run`)."""
+    from .device import check_precision, seed_everything, select_device
+    from .loop import Trainer
+
+    config = loaded.config
+    run_dir = run_directory(loaded, output)
+    if (run_dir / "checkpoints").exists() and not config.output.overwrite:
+        raise UserError(
+            "the run directory already holds a run",
+            file=str(run_dir),
+            hint="choose another with --output DIR, or replace it with --set output.overwrite=true",
+        )
+    device = select_device(config.device)
+    check_precision(config.train.precision, device)
+    seed_everything(config.seed)
+    components = build_components(loaded, registry)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = loaded.resolved()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        metrics.unlink()
+    trainer = Trainer(components, config, resolved, run_dir, device)
+    result = trainer.fit()
+    report = None
+    if config.export is not None:
+        report = _export_network(
+            registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
+        )
+    return RunOutcome(run_dir=run_dir, train=result, export=report)
+
+
+def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, components: Any, path: Path) -> Any:
+    export_section = loaded.config.export
+    exporter = registry.spec("exporter", export_section.format).factory(loaded.options["export"])
+    metadata = {
+        "aigc_kit.model": loaded.config.model.name,
+        "aigc_kit.sampler": loaded.config.sampler.name,
+        "aigc_kit.noise_shape": ",".join(str(d) for d in components.model.noise_shape),
+        "aigc_kit.output_range": ",".join(str(v) for v in components.data.info.value_range),
+        "aigc_kit.sample_shape": ",".join(str(d) for d in components.data.info.shape),
+    }
+    return exporter.export(network, components.sampler, tuple(components.model.noise_shape), str(path), metadata)
+
+
+def export(source: str | Path, registry: Registry, *, format: str = "onnx", out: str | Path,
+           options: dict[str, Any] | None = None) -> Any:
+    """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them)."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .device import evaluating
+
+    checkpoint = load_checkpoint(source)
+    if not checkpoint.config:
+        raise UserError("the checkpoint has no config.yaml", file=str(checkpoint.path))
+    data = dict(checkpoint.config)
+    data["export"] = {"format": format, "file": str(out), **(options or {})}
+    data.setdefault("output", {})["overwrite"] = True
+    config_file = checkpoint.path / "config.yaml"
+    loaded = parse_config(data, registry, source=config_file)
+    components = build_components(loaded, registry)
+    name = components.model.sampling_network
+    network = components.model.networks[name]
+    weights = checkpoint.ema.get(name) or checkpoint.networks.get(name)
+    if weights is None:
+        raise UserError(f"the checkpoint holds no weights for the network {name!r}", file=str(checkpoint.path))
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UserError(
+            f"the weights do not fit the model the config builds: {str(exc).splitlines()[0]}",
+            file=str(checkpoint.path),
+        ) from None
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), evaluating(network):
+        return _export_network(registry, loaded, network, components, Path(out))

@@ -1,0 +1,80 @@
+"""The ``dcgan`` model: the DCGAN generator and discriminator (Radford et al. 2015)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl
+
+
+class DcganOptions(Options):
+    """Options of the ``dcgan`` model; resolution and channels default to the data's."""
+
+    resolution: int | None = Field(None, description="Image side, a power of two from 16 to 128 (default: the data's).")
+    channels: int | None = Field(None, description="Image channels, 1 or 3 (default: the data's).")
+    latent_dim: int = Field(100, gt=0, description="Size of the latent vector z.")
+    width: int = Field(64, gt=0, description="Base width: feature maps of the last generator / first discriminator layer.")
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and (value < 16 or value > 128 or value & (value - 1)):
+            raise ValueError("expected a power of two from 16 to 128")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _one_or_three(cls, value: int | None) -> int | None:
+        if value is not None and value not in (1, 3):
+            raise ValueError("expected 1 or 3")
+        return value
+
+
+def image_size(options: Options, data_shape: tuple[int, ...] | None, model: str) -> tuple[int, int]:
+    """(channels, resolution) from the options, else from the data's shape; a mismatch is a user error."""
+    from aigc_kit.core.errors import UserError
+
+    channels, resolution = options.channels, options.resolution
+    if data_shape is not None:
+        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
+            raise UserError(f"model {model!r} needs square images, but the data's samples have shape {tuple(data_shape)}",
+                            field="data.name")
+        for field, mine, theirs in (("channels", channels, data_shape[0]), ("resolution", resolution, data_shape[1])):
+            if mine is not None and mine != theirs:
+                raise UserError(f"the model's {field} differ from the data's", field=f"model.{field}",
+                                expected=theirs, given=mine, hint=f"drop model.{field} to follow the data")
+        channels, resolution = channels or data_shape[0], resolution or data_shape[1]
+    if channels is None or resolution is None:
+        raise UserError(f"model {model!r} needs a resolution and channels (or data to take them from)",
+                        field="model.resolution")
+    if channels not in (1, 3) or resolution not in (16, 32, 64, 128):
+        raise UserError(f"model {model!r} supports 1 or 3 channels at 16, 32, 64 or 128 pixels",
+                        field="model.resolution", given=f"{channels} channels at {resolution} pixels",
+                        hint="change the data's resolution or channels")
+    return channels, resolution
+
+
+def build_dcgan(options: DcganOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    from .networks import Discriminator, Generator
+
+    channels, resolution = image_size(options, data_shape, "dcgan")
+    generator = Generator(options.latent_dim, options.width, channels, resolution)
+    discriminator = Discriminator(options.width, channels, resolution)
+    return ModelBundle(
+        networks={"generator": generator, "discriminator": discriminator},
+        sampling_network="generator",
+        noise_shape=(options.latent_dim,),
+    )
+
+
+@hookimpl
+def aigc_register_models():
+    return [
+        ComponentSpec(
+            "dcgan",
+            build_dcgan,
+            "DCGAN generator (transposed convolutions, BatchNorm, ReLU, Tanh) and discriminator "
+            "(strided convolutions, LeakyReLU 0.2, BatchNorm but on the first layer); weights N(0, 0.02).",
+            DcganOptions,
+        )
+    ]
