@@ -21,7 +21,9 @@ class OnnxOptions(Options):
         (1, 5), description="Batch sizes, other than the traced one, at which onnxruntime is compared with PyTorch."
     )
     atol: float = Field(1e-4, gt=0, description="Largest allowed absolute difference from PyTorch.")
-    rtol: float = Field(1e-3, ge=0, description="Allowed difference relative to PyTorch's value (added to atol).")
+    rtol: float = Field(
+        0.0, ge=0, description="Allowed difference relative to PyTorch's value, added to atol (none by default)."
+    )
     seed: int = Field(0, description="Seeds the validation noise.")
 
 

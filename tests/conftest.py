@@ -1,0 +1,90 @@
+"""Shared fixtures: an isolated registry with the built-ins, a test distribution of plugins, small configs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aigc_kit.core.registry import Registry
+
+BUILTIN_PLUGINS = {
+    "dcgan": "aigc_kit.plugins.dcgan",
+    "gan_losses": "aigc_kit.plugins.gan_losses",
+    "latent": "aigc_kit.plugins.latent",
+    "datasets": "aigc_kit.plugins.datasets",
+    "onnx": "aigc_kit.exporters.onnx",
+}
+
+
+@pytest.fixture
+def builtin_registry() -> Registry:
+    """A registry that discovers nothing and holds only the built-in plugins."""
+    registry = Registry(entry_points=False, disabled=(), strict=False)
+    for name, module in BUILTIN_PLUGINS.items():
+        registry.add_plugin(importlib.import_module(module), name, source="built-in")
+    return registry
+
+
+def tiny_config(**changes) -> dict:
+    """A config that trains a 16x16 DCGAN for a few steps in seconds."""
+    config = {
+        "seed": 0,
+        "device": "cpu",
+        "data": {"name": "shapes", "resolution": 16, "channels": 3, "size": 64},
+        "model": {"name": "dcgan", "latent_dim": 8, "width": 8},
+        "loss": {"name": "gan-bce"},
+        "sampler": {"name": "normal"},
+        "train": {"steps": 4, "batch_size": 8, "log_every": 2, "sample_every": 2, "sample_count": 4,
+                  "checkpoint_every": 2, "progress": False},
+    }
+    for key, value in changes.items():
+        config[key] = value
+    return config
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """Write a config dict as YAML and return its path."""
+
+    def write(config: dict, name: str = "run.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def plugin_distribution(tmp_path: Path, monkeypatch):
+    """Install fake distributions on sys.path: ``make(dist, version, {entry_name: module_source})``.
+
+    Each entry point becomes a module of that name and an entry in the
+    distribution's ``entry_points.txt`` under the ``aigc_kit`` group, so
+    discovery goes through importlib.metadata exactly as for a pip install.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    created: list[str] = []
+
+    def make(distribution: str, version: str, plugins: dict[str, str]) -> None:
+        info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+        lines = ["[aigc_kit]"]
+        for entry_name, source in plugins.items():
+            module = f"testplug_{entry_name}"
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            lines.append(f"{entry_name} = {module}")
+            created.append(module)
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        importlib.invalidate_caches()
+
+    yield make
+    for module in created:
+        sys.modules.pop(module, None)

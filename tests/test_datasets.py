@@ -1,0 +1,61 @@
+"""The shapes and image-folder datasets."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aigc_kit.core.errors import UserError
+
+
+def test_shapes_are_deterministic_for_a_seed_and_in_range(builtin_registry):
+    first = builtin_registry.create("dataset", "shapes", resolution=24, size=10, seed=3)
+    again = builtin_registry.create("dataset", "shapes", resolution=24, size=10, seed=3)
+    other = builtin_registry.create("dataset", "shapes", resolution=24, size=10, seed=4)
+    assert first.info.shape == (3, 24, 24) and len(first.dataset) == 10
+    images = torch.stack([first.dataset[i] for i in range(10)])
+    assert images.shape == (10, 3, 24, 24)
+    assert torch.equal(images, torch.stack([again.dataset[i] for i in range(10)]))
+    assert not torch.equal(images, torch.stack([other.dataset[i] for i in range(10)]))
+    assert images.min() >= -1 and images.max() <= 1
+    assert len({tuple(image.flatten()[:5].tolist()) for image in images}) == 10  # varied
+
+
+def test_shapes_vary_in_kind_and_grey_has_one_channel(builtin_registry):
+    bundle = builtin_registry.create("dataset", "shapes", resolution=16, channels=1, size=200)
+    assert bundle.dataset[0].shape == (1, 16, 16)
+    kinds = [bundle.dataset.kind(i) for i in range(200)]
+    assert set(kinds) == {"circle", "square", "triangle"}
+    assert min(kinds.count(k) for k in set(kinds)) > 40
+    with pytest.raises(UserError, match="channels"):
+        builtin_registry.create("dataset", "shapes", channels=2)
+
+
+def test_image_folder_resizes_crops_and_skips_unreadable_files(builtin_registry, tmp_path):
+    (tmp_path / "nested").mkdir()
+    wide = np.zeros((40, 80, 3), dtype=np.uint8)
+    wide[:, 20:60] = 255  # a white centre band that survives the center crop
+    Image.fromarray(wide).save(tmp_path / "nested" / "wide.png")
+    Image.fromarray(np.full((30, 30, 3), 128, dtype=np.uint8)).save(tmp_path / "grey.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = builtin_registry.create("dataset", "image-folder", root=str(tmp_path), resolution=16)
+    assert any("1 unreadable image file(s)" in str(w.message) for w in caught)
+    assert len(bundle.dataset) == 2 and bundle.info.shape == (3, 16, 16)
+    wide_image = bundle.dataset[[p.name for p in bundle.dataset.files].index("wide.png")]
+    assert wide_image.shape == (3, 16, 16)
+    # The 40x80 image is cropped to its centre 40x40, the white band: no black columns remain.
+    assert wide_image.mean() > 0.95 and wide_image.min() > 0.8
+
+
+def test_image_folder_errors_name_the_field(builtin_registry, tmp_path):
+    with pytest.raises(UserError) as caught:
+        builtin_registry.create("dataset", "image-folder", root=str(tmp_path))
+    assert caught.value.field == "data.root" and "no readable images" in str(caught.value)
+    with pytest.raises(UserError, match="no such folder"):
+        builtin_registry.create("dataset", "image-folder", root=str(tmp_path / "missing"))

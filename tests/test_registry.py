@@ -1,0 +1,177 @@
+"""The registry: discovery, isolation of broken plugins, clashes, strict and disabled plugins, lookups."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from aigc_kit.core.errors import UserError
+from aigc_kit.core.registry import Registry
+
+GOOD = """
+from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+
+class WidthOptions(Options):
+    width: int = 3
+
+@hookimpl
+def aigc_register_models():
+    return [ComponentSpec("tiny", lambda options, data_shape=None: ("tiny", options.width), "A tiny model.", WidthOptions)]
+"""
+
+CLASHING = """
+from aigc_kit.core.plugin_api import ComponentSpec, hookimpl
+
+@hookimpl
+def aigc_register_models():
+    return [ComponentSpec("tiny", lambda options, data_shape=None: "other tiny", "Another tiny model.")]
+"""
+
+BROKEN_IMPORT = """
+raise RuntimeError("this plugin is broken")
+"""
+
+MISSPELT_HOOK = """
+from aigc_kit.core.plugin_api import ComponentSpec, hookimpl
+
+@hookimpl
+def aigc_register_model():
+    return []
+"""
+
+WRONG_RETURN = """
+from aigc_kit.core.plugin_api import hookimpl
+
+@hookimpl
+def aigc_register_losses():
+    return ["not a spec"]
+"""
+
+
+def test_entry_point_plugin_is_discovered_with_its_distribution(plugin_distribution):
+    plugin_distribution("good-plugins", "1.2.3", {"good": GOOD})
+    registry = Registry(disabled=(), strict=False)
+    record = registry.records["good"]
+    assert (record.status, record.source, record.distribution, record.version) == (
+        "loaded", "entry point", "good-plugins", "1.2.3")
+    assert record.components == ["model:tiny"]
+    assert record.hooks == ["aigc_register_models"]
+    assert registry.create("model", "tiny", width=7) == ("tiny", 7)
+
+
+def test_builtins_come_through_the_same_entry_point_group():
+    registry = Registry(disabled=(), strict=False)
+    builtins = {name: r for name, r in registry.records.items() if r.source == "built-in"}
+    assert {"dcgan", "gan_losses", "latent", "datasets", "onnx"} <= set(builtins)
+    assert all(r.distribution == "aigc-kit" and r.status == "loaded" for r in builtins.values())
+    assert {"dcgan"} <= set(registry.names("model")) and "gan-bce" in registry.names("loss")
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_the_others_still_load(plugin_distribution):
+    plugin_distribution("bad-plugins", "0.1", {"broken": BROKEN_IMPORT})
+    plugin_distribution("good-plugins", "1.0", {"good": GOOD})
+    registry = Registry(disabled=(), strict=False)
+    broken = registry.records["broken"]
+    assert broken.status == "failed"
+    assert (broken.distribution, broken.version) == ("bad-plugins", "0.1")
+    assert "this plugin is broken" in broken.error
+    assert registry.records["good"].status == "loaded"
+    assert "dcgan" in registry.names("model")
+
+
+def test_a_misspelt_hook_is_an_error_and_the_plugin_is_unregistered(plugin_distribution):
+    plugin_distribution("typo-plugins", "0.1", {"typo": MISSPELT_HOOK})
+    registry = Registry(disabled=(), strict=False)
+    record = registry.records["typo"]
+    assert record.status == "failed"
+    assert "aigc_register_model" in record.error
+    assert registry.plugin_manager.get_plugin("typo") is None
+    registry.plugin_manager.check_pending()  # nothing of the bad plugin is left behind
+
+
+def test_a_hook_returning_the_wrong_type_is_kept_out(plugin_distribution):
+    plugin_distribution("odd-plugins", "0.1", {"odd": WRONG_RETURN})
+    registry = Registry(disabled=(), strict=False)
+    assert registry.records["odd"].status == "failed"
+    assert "ComponentSpec" in registry.records["odd"].error
+    assert registry.plugin_manager.get_plugin("odd") is None
+    assert registry.names("loss") == ["gan-bce"]
+
+
+def test_strict_mode_turns_a_failing_plugin_into_a_user_error(plugin_distribution):
+    plugin_distribution("bad-plugins", "0.1", {"broken": BROKEN_IMPORT})
+    with pytest.raises(UserError, match="bad-plugins 0.1.*this plugin is broken"):
+        Registry(disabled=(), strict=True)
+
+
+def test_strict_mode_can_come_from_the_environment(plugin_distribution, monkeypatch):
+    plugin_distribution("bad-plugins", "0.1", {"broken": BROKEN_IMPORT})
+    monkeypatch.setenv("AIGC_KIT_STRICT_PLUGINS", "1")
+    with pytest.raises(UserError):
+        Registry(disabled=())
+
+
+def test_disabled_plugins_are_never_imported(plugin_distribution, monkeypatch):
+    plugin_distribution("bad-plugins", "0.1", {"broken": BROKEN_IMPORT})
+    monkeypatch.setenv("AIGC_KIT_DISABLE_PLUGINS", "broken, dcgan")
+    registry = Registry(strict=True)  # strict, yet nothing fails: the broken module is never imported
+    assert registry.records["broken"].status == "disabled"
+    assert "testplug_broken" not in sys.modules
+    assert "dcgan" not in registry.names("model")
+
+
+def test_a_name_clash_names_both_providers_and_qualified_names_resolve(plugin_distribution):
+    plugin_distribution("first-plugins", "1.0", {"first": GOOD})
+    plugin_distribution("second-plugins", "2.0", {"second": CLASHING})
+    registry = Registry(disabled=(), strict=False)
+    with pytest.raises(UserError) as caught:
+        registry.spec("model", "tiny")
+    message = str(caught.value)
+    assert "first-plugins 1.0" in message and "second-plugins 2.0" in message
+    assert "'first:tiny'" in message and "'second:tiny'" in message
+    assert registry.create("model", "second:tiny") == "other tiny"
+    assert registry.create("model", "first:tiny") == ("tiny", 3)
+    assert {"first:tiny", "second:tiny"} <= set(registry.names("model"))
+
+
+def test_an_unknown_name_suggests_close_matches(builtin_registry):
+    with pytest.raises(UserError) as caught:
+        builtin_registry.spec("model", "dcgna")
+    assert "unknown model 'dcgna'" in str(caught.value)
+    assert "did you mean 'dcgan'" in str(caught.value)
+
+
+def test_bad_options_name_the_field(builtin_registry):
+    with pytest.raises(UserError) as caught:
+        builtin_registry.create("model", "dcgan", widht=32)
+    assert caught.value.field == "widht"
+    assert "did you mean 'width'" in caught.value.hint
+    with pytest.raises(UserError) as caught:
+        builtin_registry.create("model", "dcgan", resolution=48)
+    assert caught.value.field == "resolution"
+
+
+def test_describe_lists_options_with_defaults(builtin_registry):
+    description = builtin_registry.describe("model", "dcgan")
+    options = {o["name"]: o for o in description["options"]}
+    assert description["plugin"] == "dcgan"
+    assert options["latent_dim"]["default"] == 100 and options["width"]["default"] == 64
+    assert options["width"]["description"]
+
+
+def test_local_plugin_file_is_loaded(builtin_registry, tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(GOOD)
+    record = builtin_registry.load_local("my_plugin.py", base_dir=tmp_path)
+    assert (record.source, record.status) == ("local file", "loaded")
+    assert builtin_registry.create("model", "tiny") == ("tiny", 3)
+
+
+def test_a_broken_local_plugin_is_a_user_error(builtin_registry, tmp_path):
+    (tmp_path / "bad.py").write_text(MISSPELT_HOOK)
+    with pytest.raises(UserError, match="aigc_register_model"):
+        builtin_registry.load_local(str(tmp_path / "bad.py"))
+    assert builtin_registry.plugin_manager.get_plugin("bad") is None
+    with pytest.raises(UserError, match="not found"):
+        builtin_registry.load_local("missing.py", base_dir=tmp_path)
