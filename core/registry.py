@@ -75,7 +75,8 @@ class Registry:
     """A pluggy plugin manager plus an index of the components the plugins offer.
 
     ``Registry(entry_points=False)`` discovers nothing: tests register the
-    plugin under test with :meth:`add_plugin`.
+    plugin under test with :meth:`add_plugin`. ``builtin_only=True`` loads
+    only aigc-kit's own plugins.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class Registry:
         entry_points: bool = True,
         disabled: Iterable[str] | None = None,
         strict: bool | None = None,
+        builtin_only: bool = False,
     ) -> None:
         self.plugin_manager = pluggy.PluginManager(PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
@@ -95,6 +97,7 @@ class Registry:
         if strict is None:
             strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
         self.strict = strict
+        self.builtin_only = builtin_only
         if entry_points:
             self.load_entry_points()
 
@@ -108,6 +111,8 @@ class Registry:
             distribution = entry_point.dist.name if entry_point.dist else None
             version = entry_point.dist.version if entry_point.dist else None
             builtin = distribution is not None and _normalise(distribution) == OWN_DISTRIBUTION
+            if self.builtin_only and not builtin:
+                continue
             record = PluginRecord(
                 name=entry_point.name,
                 source="built-in" if builtin else "entry point",
