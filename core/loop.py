@@ -189,83 +189,78 @@ class Trainer:
     # -- the loop ------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train for ``train.steps`` steps, writing metrics, samples and checkpoints at their intervals."""
         train = self.train
-        dataset = self.components.data.dataset
-        if len(dataset) < train.batch_size:
-            raise UserError(
-                f"the dataset has {len(dataset)} samples, fewer than one batch",
-                field="train.batch_size",
-                given=train.batch_size,
-                hint="use a smaller batch or more data",
-            )
-        loader = DataLoader(
-            dataset,
-            batch_size=train.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=train.data_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=train.data_workers > 0,
-            generator=torch.Generator().manual_seed(self.config.seed),
-        )
-        batches = endless_batches(loader, self.device)
+        batches = endless_batches(self._loader(), self.device)
         result = TrainResult(steps=0, checkpoint=None)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        averages = _Averages()
         started = interval_start = time.perf_counter()
         progress = _progress(train.steps, enabled=train.progress)
-        step = 0
-        batch = None
         try:
             for step in range(1, train.steps + 1):
-                for phase in self.phases:
-                    self._only_train(phase)
-                    for _ in range(phase.repeat):
-                        if phase.uses_data or batch is None:
-                            batch = next(batches)
-                        with autocast(train.precision, self.device):
-                            loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
-                        if not torch.isfinite(loss.detach()).item():
-                            raise TrainingError(
-                                f"the {phase.name} phase's loss is {loss.item()} at step {step}; "
-                                f"stopped (the last checkpoint, if any, is intact)"
-                            )
-                        self.optimizers[phase.name].step(loss)
-                        for key, value in {"loss": loss.detach(), **logs}.items():
-                            name = f"{phase.name}/{key}"
-                            sums[name] = sums.get(name, 0.0) + float(value)
-                            counts[name] = counts.get(name, 0) + 1
-                if self.ema is not None:
-                    self.ema.update(self.networks[self.bundle.sampling_network], step)
+                self._step(step, batches, averages)
                 progress.update(1)
                 if step % train.log_every == 0 or step == train.steps:
                     now = time.perf_counter()
-                    logs = {name: sums[name] / counts[name] for name in sums}
-                    steps_done = train.log_every if step % train.log_every == 0 else step % train.log_every
+                    steps_done = (step - 1) % train.log_every + 1
+                    logs = averages.pop()
                     self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
                               seconds=now - started)
-                    progress.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in logs.items()
+                    progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
                                           if k.endswith("/loss")}, refresh=False)
                     result.last_logs = logs
-                    sums.clear()
-                    counts.clear()
                     interval_start = now
                 if step % train.sample_every == 0 or step == train.steps:
                     result.samples.append(self.write_samples(step))
                 if step % train.checkpoint_every == 0 or step == train.steps:
                     result.checkpoint = self.write_checkpoint(step)
-        except KeyboardInterrupt:
-            progress.close()
-            if step > 1:
-                result.checkpoint = self.write_checkpoint(step - 1)
-            raise
         finally:
             progress.close()
-        for network in self.networks.values():
-            network.requires_grad_(True)
+            for network in self.networks.values():
+                network.requires_grad_(True)
         result.steps = train.steps
         result.seconds = time.perf_counter() - started
         return result
+
+    def _loader(self) -> DataLoader:
+        dataset = self.components.data.dataset
+        if len(dataset) < self.train.batch_size:
+            raise UserError(
+                f"the dataset has {len(dataset)} samples, fewer than one batch",
+                field="train.batch_size",
+                given=self.train.batch_size,
+                hint="use a smaller batch or more data",
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.train.data_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.train.data_workers > 0,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+
+    def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
+        """One training step: every phase of the loss, each repeated as it asks, then the EMA update."""
+        batch = None
+        for phase in self.phases:
+            self._only_train(phase)
+            for _ in range(phase.repeat):
+                if phase.uses_data or batch is None:
+                    batch = next(batches)
+                with autocast(self.train.precision, self.device):
+                    loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
+                if not torch.isfinite(loss.detach()).item():
+                    raise TrainingError(
+                        f"the {phase.name} phase's loss is {loss.item()} at step {step}; "
+                        "stopped (the last checkpoint, if any, is intact)"
+                    )
+                self.optimizers[phase.name].step(loss)
+                averages.add(phase.name, {"loss": loss.detach(), **logs})
+        if self.ema is not None:
+            self.ema.update(self.networks[self.bundle.sampling_network], step)
 
     def _only_train(self, phase: Phase) -> None:
         """Let gradients flow into the phase's networks only (the others are inputs to its loss)."""
@@ -308,6 +303,26 @@ class Trainer:
                   **{k: round(v, 4) for k, v in extra.items()}}
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+class _Averages:
+    """Running means of the logged values, per ``phase/name``, since the last :meth:`pop`."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, phase: str, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            name = f"{phase}/{key}"
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        self.sums.clear()
+        self.counts.clear()
+        return means
 
 
 class _NoProgress:

@@ -70,12 +70,11 @@ def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path |
     check_precision(config.train.precision, device)
     seed_everything(config.seed)
     components = build_components(loaded, registry)
+    if run_dir.exists():
+        _clear_previous_run(run_dir, config.export.file if config.export else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = loaded.resolved()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        metrics.unlink()
     trainer = Trainer(components, config, resolved, run_dir, device)
     result = trainer.fit()
     report = None
@@ -84,6 +83,17 @@ def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path |
             registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
         )
     return RunOutcome(run_dir=run_dir, train=result, export=report)
+
+
+def _clear_previous_run(run_dir: Path, export_file: str | None) -> None:
+    """Remove what an earlier run wrote (only reached when output.overwrite is set)."""
+    import shutil
+
+    for folder in ("checkpoints", "samples"):
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
+    for name in ("metrics.jsonl", "config.yaml", export_file):
+        if name and (run_dir / name).is_file():
+            (run_dir / name).unlink()
 
 
 def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, components: Any, path: Path) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,12 @@ class _quiet_exporter:
         self.levels = {name: logging.getLogger(name).level for name in self.names}
         for name in self.names:
             logging.getLogger(name).setLevel(logging.ERROR)
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        # torch.export's own use of a deprecated pytree API; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
     def __exit__(self, *exc: Any) -> None:
+        self.warnings.__exit__(*exc)
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)

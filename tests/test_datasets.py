@@ -59,3 +59,12 @@ def test_image_folder_errors_name_the_field(builtin_registry, tmp_path):
     assert caught.value.field == "data.root" and "no readable images" in str(caught.value)
     with pytest.raises(UserError, match="no such folder"):
         builtin_registry.create("dataset", "image-folder", root=str(tmp_path / "missing"))
+
+
+def test_black_backgrounds_keep_the_same_shapes(builtin_registry):
+    varied = builtin_registry.create("dataset", "shapes", resolution=16, size=20)
+    black = builtin_registry.create("dataset", "shapes", resolution=16, size=20, backgrounds="black")
+    corners = torch.stack([black.dataset[i][:, [0, 0, -1, -1], [0, -1, 0, -1]] for i in range(20)])
+    assert torch.all(corners == -1)  # shapes never reach the corners
+    assert [varied.dataset.kind(i) for i in range(20)] == [black.dataset.kind(i) for i in range(20)]
+    assert not torch.equal(varied.dataset[0], black.dataset[0])

@@ -90,6 +90,9 @@ def test_an_existing_run_is_not_overwritten(tmp_path, write_config, builtin_regi
     run(path, builtin_registry, output=tmp_path / "run")
     with pytest.raises(UserError, match="already holds a run"):
         run(path, builtin_registry, output=tmp_path / "run")
+    run(path, builtin_registry, output=tmp_path / "run", overrides=["output.overwrite=true", "train.steps=2"])
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-000002.png"]
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000002"
 
 
 def test_a_disagreeing_runtime_fails_the_export_loudly(tmp_path, write_config, builtin_registry, monkeypatch):

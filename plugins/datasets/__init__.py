@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
@@ -15,6 +17,9 @@ class ShapesOptions(Options):
     size: int = Field(20000, ge=1, description="Number of distinct images (an epoch).")
     seed: int = Field(0, ge=0, description="Image i is the same for the same seed, on every machine.")
     kinds: tuple[str, ...] = Field(("circle", "square", "triangle"), description="Which shapes to draw.")
+    backgrounds: Literal["varied", "black"] = Field(
+        "varied", description="A random colour per image, or black (an easier task that GANs learn in fewer steps)."
+    )
 
 
 class ImageFolderOptions(Options):

@@ -15,11 +15,17 @@ KINDS = ("circle", "square", "triangle")
 SUPERSAMPLE = 4  # drawn larger, then downsampled, for smooth edges
 
 
-def draw_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = KINDS) -> tuple[Image.Image, str]:
-    """Image ``index`` for ``seed``: one shape on a plain background, and the shape's kind."""
+def draw_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = KINDS,
+               backgrounds: str = "varied") -> tuple[Image.Image, str]:
+    """Image ``index`` for ``seed``: one shape on a plain background, and the shape's kind.
+
+    ``backgrounds`` is ``"varied"`` (a random colour per image) or ``"black"``.
+    """
     rng = np.random.default_rng([seed, index])
     kind = kinds[int(rng.integers(len(kinds)))]
     background = rng.integers(0, 256, 3)
+    if backgrounds == "black":
+        background = np.zeros(3, dtype=background.dtype)
     color = rng.integers(0, 256, 3)
     while np.abs(color.astype(int) - background.astype(int)).sum() < 200:  # keep the shape visible
         color = rng.integers(0, 256, 3)
@@ -44,8 +50,10 @@ def draw_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = 
 class ShapesDataset(torch.utils.data.Dataset):
     """``size`` images; image i depends only on (seed, i), so workers and machines agree."""
 
-    def __init__(self, resolution: int, channels: int, size: int, seed: int, kinds: tuple[str, ...] = KINDS) -> None:
-        self.resolution, self.channels, self.size, self.seed, self.kinds = resolution, channels, size, seed, kinds
+    def __init__(self, resolution: int, channels: int, size: int, seed: int, kinds: tuple[str, ...] = KINDS,
+                 backgrounds: str = "varied") -> None:
+        self.resolution, self.channels, self.size, self.seed = resolution, channels, size, seed
+        self.kinds, self.backgrounds = kinds, backgrounds
 
     def __len__(self) -> int:
         return self.size
@@ -53,7 +61,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        image, _ = draw_shape(index, self.seed, self.resolution, self.kinds)
+        image, _ = draw_shape(index, self.seed, self.resolution, self.kinds, self.backgrounds)
         if self.channels == 1:
             image = image.convert("L")
         return to_tensor(image)
@@ -78,5 +86,6 @@ def shapes_dataset(options) -> DatasetBundle:
     if unknown or not options.kinds:
         raise UserError("unknown shape kinds", field="data.kinds", given=list(options.kinds),
                         expected=f"a non-empty list of {', '.join(KINDS)}")
-    dataset = ShapesDataset(options.resolution, options.channels, options.size, options.seed, tuple(options.kinds))
+    dataset = ShapesDataset(options.resolution, options.channels, options.size, options.seed, tuple(options.kinds),
+                            options.backgrounds)
     return DatasetBundle(dataset, DatasetInfo(shape=(options.channels, options.resolution, options.resolution)))
