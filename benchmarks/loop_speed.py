@@ -3,7 +3,7 @@
 Both train the same DCGAN (32x32, latent 100, width 64) on the same shapes
 data with the same batch, optimizers and precision; each is timed over the
 second half of its steps (the first half warms up), alternately, and the
-best of the repeats is kept. Also times `aigc-kit --help`.
+best of the repeats is kept. Also times `aigc-kit --help` and `aigc-kit plugins`.
 
     python benchmarks/loop_speed.py [--steps 60] [--repeats 2]
 """
@@ -84,11 +84,12 @@ def handwritten_steps_per_second(steps: int, precision: str) -> float:
     return (steps - steps // 2) / (time.perf_counter() - start)
 
 
-def help_seconds(repeats: int = 5) -> float:
+def command_seconds(args: list[str], repeats: int = 5) -> float:
+    """Best wall time of ``python -m aigc_kit.cli ARGS`` over ``repeats`` runs."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "aigc_kit.cli", "--help"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "aigc_kit.cli", *args], check=True, capture_output=True)
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -109,7 +110,8 @@ def main() -> None:
             best["ema"] = max(best["ema"], composed_steps_per_second(args.steps, precision, ema=True))
         print(f"{precision:<10}{best['hand']:>14.2f}{best['composed']:>12.2f}{best['composed'] / best['hand']:>8.3f}"
               f"{best['ema']:>15.2f}{best['ema'] / best['hand']:>8.3f}")
-    print(f"`aigc-kit --help`: {help_seconds():.3f} s (best of 5, python -m aigc_kit.cli --help)")
+    for args in (["--help"], ["plugins"]):
+        print(f"`aigc-kit {' '.join(args)}`: {command_seconds(args):.3f} s (best of 5)")
 
 
 if __name__ == "__main__":
