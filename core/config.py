@@ -152,10 +152,11 @@ class LoadedConfig:
             data[section].update(options.model_dump(mode="json"))
         return data
 
-    def fingerprint(self) -> str:
-        """A hash of the resolved config, stored in checkpoints."""
-        text = json.dumps(self.resolved(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+def fingerprint(resolved: dict[str, Any]) -> str:
+    """A short hash of a resolved config, stored in checkpoints to tell configs apart."""
+    text = json.dumps(resolved, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import checkpoint as checkpoints
-from .config import OptimizerConfig, RunConfig
+from .config import OptimizerConfig, RunConfig, fingerprint
 from .device import autocast, evaluating, make_grad_scaler
 from .ema import EMA
 from .errors import UserError, did_you_mean
@@ -158,6 +158,7 @@ class Trainer:
             self.train.sample_count, tuple(self.bundle.noise_shape), generator=noise_generator
         ).to(device)
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.config_fingerprint = fingerprint(resolved_config)
 
     def _check_phases(self) -> None:
         loss_name, model_name = self.config.loss.name, self.config.model.name
@@ -291,6 +292,7 @@ class Trainer:
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": checkpoints.rng_state(),
+            "config_fingerprint": self.config_fingerprint,
         }
         ema = {self.bundle.sampling_network: self.ema.averaged} if self.ema is not None else {}
         return checkpoints.save_checkpoint(

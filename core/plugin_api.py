@@ -170,7 +170,13 @@ class Sampler(Protocol):
 
 
 class Exporter(Protocol):
-    """An exporter: writes the sampling network and sampler to a file and validates it."""
+    """An exporter: writes the sampling network and its sampler to a file and validates it."""
 
-    def export(self, bundle: ModelBundle, sampler: Any, path: str, metadata: dict[str, str]) -> Any:
-        """Write the model to ``path`` and return a report; raise when validation fails."""
+    def export(self, network: Any, sampler: Any, noise_shape: tuple[int, ...], path: str,
+               metadata: dict[str, str]) -> dict[str, Any]:
+        """Write ``noise -> sampler.sample(network, noise)`` to ``path``; return a report.
+
+        ``metadata`` (noise shape, output range, model and sampler names) belongs
+        in the file. Raise :class:`~aigc_kit.core.errors.ValidationFailed` when the
+        written model disagrees with PyTorch.
+        """

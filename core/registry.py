@@ -29,7 +29,6 @@ import importlib.util
 import os
 import re
 import sys
-import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -127,7 +126,7 @@ class Registry:
                     f"the plugin name {entry_point.name!r} is already taken by "
                     f"{_provider(other)}; one of the two distributions must rename its entry point"
                 )
-                self._fail(record, record.name + "#duplicate")
+                self._fail(record, f"{record.name} ({distribution})")
                 continue
             if entry_point.name in self.disabled or (distribution and distribution in self.disabled):
                 record.status = "disabled"
@@ -396,11 +395,6 @@ def _provider(record: PluginRecord) -> str:
     if record.distribution:
         return f"{record.distribution} {record.version or ''}".strip()
     return record.location
-
-
-def format_exception(exc: BaseException) -> str:
-    """The traceback of ``exc`` as text (for ``--debug`` output)."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 # -- the default registry ------------------------------------------------------

@@ -78,7 +78,7 @@ def plugin_distribution(tmp_path: Path, monkeypatch):
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
         lines = ["[aigc_kit]"]
         for entry_name, source in plugins.items():
-            module = f"testplug_{entry_name}"
+            module = f"testplug_{distribution.replace('-', '_')}_{entry_name}"
             (site / f"{module}.py").write_text(textwrap.dedent(source))
             lines.append(f"{entry_name} = {module}")
             created.append(module)

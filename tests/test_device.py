@@ -32,6 +32,7 @@ def test_asking_for_a_missing_gpu_is_a_user_error(monkeypatch):
         devices.select_device("cuda:1")
 
 
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled:UserWarning")
 def test_fp16_needs_cuda_and_gets_a_grad_scaler_there():
     with pytest.raises(UserError, match="fp16 training needs a CUDA device"):
         devices.check_precision("fp16", torch.device("cpu"))

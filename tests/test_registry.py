@@ -117,7 +117,7 @@ def test_disabled_plugins_are_never_imported(plugin_distribution, monkeypatch):
     monkeypatch.setenv("AIGC_KIT_DISABLE_PLUGINS", "broken, dcgan")
     registry = Registry(strict=True)  # strict, yet nothing fails: the broken module is never imported
     assert registry.records["broken"].status == "disabled"
-    assert "testplug_broken" not in sys.modules
+    assert "testplug_bad_plugins_broken" not in sys.modules
     assert "dcgan" not in registry.names("model")
 
 
@@ -175,3 +175,13 @@ def test_a_broken_local_plugin_is_a_user_error(builtin_registry, tmp_path):
     assert builtin_registry.plugin_manager.get_plugin("bad") is None
     with pytest.raises(UserError, match="not found"):
         builtin_registry.load_local("missing.py", base_dir=tmp_path)
+
+
+def test_two_distributions_with_the_same_plugin_name_are_both_named(plugin_distribution):
+    plugin_distribution("aaa-plugins", "1.0", {"same": GOOD})
+    plugin_distribution("bbb-plugins", "2.0", {"same": CLASHING})
+    registry = Registry(disabled=(), strict=False)
+    failed = [r for r in registry.plugins() if r.status == "failed"]
+    assert len(failed) == 1 and registry.records["same"].status == "loaded"
+    loaded_from = registry.records["same"].distribution
+    assert loaded_from in failed[0].error and failed[0].distribution != loaded_from

@@ -48,6 +48,7 @@ def test_run_writes_samples_checkpoints_metrics_and_a_validated_onnx_model(tmp_p
     assert checkpoint.step == 4
     assert set(checkpoint.networks) == {"generator", "discriminator"} and set(checkpoint.ema) == {"generator"}
     assert set(checkpoint.state["optimizers"]) == {"discriminator", "generator"}
+    assert len(checkpoint.state["config_fingerprint"]) == 16
 
     # The EMA generator in the checkpoint is what was exported.
     loaded = load_config(run_dir / "config.yaml", _registry())
