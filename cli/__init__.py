@@ -137,10 +137,10 @@ def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | N
 @OVERRIDE
 @click.pass_obj
 def validate(state: State, config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG, plugin options included, without training."""
-    from aigc_kit.core.config import load_config
+    """Check CONFIG, plugin options included, by building its components without training."""
+    from aigc_kit.core.run import check
 
-    loaded = load_config(config, state.registry(), list(overrides))
+    loaded = check(config, state.registry(), list(overrides))
     c = loaded.config
     click.echo(f"{config}: valid (data {c.data.name}, model {c.model.name}, loss {c.loss.name}, "
                f"sampler {c.sampler.name}, {c.train.steps} steps)")

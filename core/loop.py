@@ -62,6 +62,37 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def check_components(components: Components, config: RunConfig) -> None:
+    """Check that the loss, the model and the config's optimizer overrides fit together."""
+    loss_name, model_name = config.loss.name, config.model.name
+    networks = components.model.networks
+    phases = list(components.loss.phases)
+    if not phases:
+        raise UserError(f"loss {loss_name!r} declares no phases", field="loss.name")
+    for phase in phases:
+        for network in phase.trains:
+            if network not in networks:
+                raise UserError(
+                    f"loss {loss_name!r} trains a network named {network!r}, "
+                    f"but model {model_name!r} has {sorted(networks)}",
+                    field="loss.name",
+                    hint="pick a loss made for this kind of model",
+                )
+    names = {phase.name for phase in phases}
+    for phase_name in config.train.optimizers:
+        if phase_name not in names:
+            raise UserError(
+                f"loss {loss_name!r} has no phase {phase_name!r}",
+                field=f"train.optimizers.{phase_name}",
+                hint=did_you_mean(phase_name, names),
+            )
+    if components.model.sampling_network not in networks:
+        raise UserError(
+            f"model {model_name!r} names a sampling network {components.model.sampling_network!r} it lacks",
+            field="model.name",
+        )
+
+
 class PhaseOptimizer:
     """One phase's optimizer, with gradient scaling (fp16) and clipping."""
 
@@ -139,7 +170,7 @@ class Trainer:
         self.bundle = components.model
         self.networks: dict[str, torch.nn.Module] = self.bundle.networks
         self.phases: list[Phase] = list(components.loss.phases)
-        self._check_phases()
+        check_components(components, config)
         for network in self.networks.values():
             network.to(device).train()
         self.scaler = make_grad_scaler(self.train.precision, device)
@@ -159,33 +190,6 @@ class Trainer:
         ).to(device)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
-
-    def _check_phases(self) -> None:
-        loss_name, model_name = self.config.loss.name, self.config.model.name
-        if not self.phases:
-            raise UserError(f"loss {loss_name!r} declares no phases", field="loss.name")
-        for phase in self.phases:
-            for network in phase.trains:
-                if network not in self.networks:
-                    raise UserError(
-                        f"loss {loss_name!r} trains a network named {network!r}, "
-                        f"but model {model_name!r} has {sorted(self.networks)}",
-                        field="loss.name",
-                        hint="pick a loss made for this kind of model",
-                    )
-        names = {phase.name for phase in self.phases}
-        for phase_name in self.train.optimizers:
-            if phase_name not in names:
-                raise UserError(
-                    f"loss {loss_name!r} has no phase {phase_name!r}",
-                    field=f"train.optimizers.{phase_name}",
-                    hint=did_you_mean(phase_name, names),
-                )
-        if self.bundle.sampling_network not in self.networks:
-            raise UserError(
-                f"model {model_name!r} names a sampling network {self.bundle.sampling_network!r} it lacks",
-                field="model.name",
-            )
 
     # -- the loop ------------------------------------------------------------
 

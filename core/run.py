@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +36,45 @@ def run_directory(loaded: LoadedConfig, output: str | Path | None) -> Path:
     return Path(config.output.dir) / name
 
 
-def build_components(loaded: LoadedConfig, registry: Registry) -> Any:
-    """Build the dataset, model, loss and sampler a config names."""
+def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta: bool = False) -> Any:
+    """Build the dataset, model, loss and sampler a config names.
+
+    ``model_on_meta`` builds the networks on torch's meta device: shapes and
+    structure without memory or initialisation cost, enough to check a config.
+    """
+    import torch
+
     from .loop import Components
 
     config = loaded.config
     data = registry.spec("dataset", config.data.name).factory(loaded.options["data"])
-    model = registry.spec("model", config.model.name).factory(loaded.options["model"], data_shape=data.info.shape)
+    with torch.device("meta") if model_on_meta else contextlib.nullcontext():
+        model = registry.spec("model", config.model.name).factory(loaded.options["model"],
+                                                                  data_shape=data.info.shape)
     loss = registry.spec("loss", config.loss.name).factory(loaded.options["loss"])
     sampler = registry.spec("sampler", config.sampler.name).factory(loaded.options["sampler"])
     return Components(data=data, model=model, loss=loss, sampler=sampler)
+
+
+def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:
+    """Validate a config and build its components, without training (``aigc-kit validate``)."""
+    from .loop import check_components
+
+    loaded = load_config(config_path, registry, overrides)
+    with _errors_about(loaded):
+        check_components(build_components(loaded, registry, model_on_meta=True), loaded.config)
+    return loaded
+
+
+@contextlib.contextmanager
+def _errors_about(loaded: LoadedConfig) -> Iterator[None]:
+    """Name the config file in user errors raised while its components are built or trained."""
+    try:
+        yield
+    except UserError as error:
+        if loaded.source is not None and error.field is not None:
+            error.with_file(str(loaded.source))
+        raise
 
 
 def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | None = None,
@@ -55,6 +86,11 @@ def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | N
 
 def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None) -> RunOutcome:
     """Train from an already validated config (see :func:`run`)."""
+    with _errors_about(loaded):
+        return _train(loaded, registry, output)
+
+
+def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None) -> RunOutcome:
     from .device import check_precision, seed_everything, select_device
     from .loop import Trainer
 
@@ -70,12 +106,12 @@ def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path |
     check_precision(config.train.precision, device)
     seed_everything(config.seed)
     components = build_components(loaded, registry)
+    resolved = loaded.resolved()
+    trainer = Trainer(components, config, resolved, run_dir, device)  # checks the components; writes nothing
     if run_dir.exists():
         _clear_previous_run(run_dir, config.export.file if config.export else None)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = loaded.resolved()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = Trainer(components, config, resolved, run_dir, device)
     result = trainer.fit()
     report = None
     if config.export is not None:

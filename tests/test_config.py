@@ -126,3 +126,22 @@ def test_arbitrary_text_as_a_config_is_a_clean_user_error(tmp_path, text):
     result = validate(path)
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_validate_builds_the_components_and_checks_phase_names(write_config):
+    config = tiny_config()
+    config["train"]["optimizers"] = {"generatr": {"lr": 1e-3}}
+    path = write_config(config)
+    result = validate(path)
+    assert result.exit_code == 2
+    assert f"{path}: train.optimizers.generatr: loss 'gan-bce' has no phase 'generatr'" in result.output
+    assert "did you mean 'generator'" in result.output
+
+
+def test_errors_found_while_building_name_the_config_file(write_config, tmp_path):
+    config = tiny_config(data={"name": "image-folder", "root": str(tmp_path / "none")})
+    path = write_config(config)
+    result = CliRunner().invoke(cli, ["run", str(path), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {path}: data.root: no such folder")
+    assert not (tmp_path / "run").exists()
