@@ -66,6 +66,15 @@ class EmaConfig(_Strict):
     )
 
 
+class EvalConfig(_Strict):
+    """Metrics computed on generated samples during training, logged to metrics.jsonl."""
+
+    samples: int = Field(2500, gt=0, description="Samples generated (from fixed noise) for each evaluation.")
+    metrics: list[ComponentSection] = Field(
+        default_factory=list, description="Metrics by name, each with its options, e.g. [{name: mode-coverage}]."
+    )
+
+
 class TrainConfig(_Strict):
     """How long and how to train, and how often to log, sample and checkpoint."""
 
@@ -81,8 +90,10 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0, description="Clip each phase's gradient norm to this value.")
     log_every: int = Field(10, gt=0, description="Write metrics.jsonl every this many steps.")
     sample_every: int = Field(500, gt=0, description="Write a sample picture every this many steps.")
-    sample_count: int = Field(64, gt=0, le=1024, description="Samples in each picture (from fixed noise).")
+    sample_count: int = Field(64, gt=0, le=10000, description="Samples in each picture (from fixed noise).")
     checkpoint_every: int = Field(1000, gt=0, description="Write a checkpoint every this many steps.")
+    eval_every: int | None = Field(None, gt=0, description="Compute the eval metrics every this many steps (and at the end).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="What to evaluate.")
     keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     progress: bool = Field(True, description="Show a progress bar.")
@@ -139,6 +150,8 @@ class LoadedConfig:
     source: Path | None
     options: dict[str, Options]
     """Validated options per component section (``data``, ``model``, ``loss``, ``sampler``, ``export``)."""
+    metric_options: list[Options]
+    """Validated options of each metric in ``train.eval.metrics``."""
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain data with every default filled in (written to the run directory)."""
@@ -150,6 +163,8 @@ class LoadedConfig:
         ]
         for section, options in self.options.items():
             data[section].update(options.model_dump(mode="json"))
+        for metric, options in zip(data["train"]["eval"]["metrics"], self.metric_options):
+            metric.update(options.model_dump(mode="json"))
         return data
 
 
@@ -258,7 +273,17 @@ def parse_config(
             options[section] = registry.options(kind, name, part.plugin_options(), field_prefix=section)
         except UserError as error:
             raise error.with_file(file) if file else error
-    return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options)
+    metric_options = []
+    for index, metric in enumerate(config.train.eval.metrics):
+        field = f"train.eval.metrics[{index}]"
+        try:
+            registry.spec("metric", metric.name)
+            metric_options.append(registry.options("metric", metric.name, metric.plugin_options(), field_prefix=field))
+        except UserError as error:
+            error.field = error.field if error.field and error.field.startswith(field) else f"{field}.name"
+            raise error.with_file(file) if file else error
+    return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options,
+                        metric_options=metric_options)
 
 
 def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:

@@ -70,8 +70,11 @@ def aigc_register_metrics() -> list[ComponentSpec]:
     """Offer metric components.
 
     Called once when the registry loads the plugin.
-    Return specs whose factory is ``factory(options)`` and returns an object
-    with ``update(batch)`` and ``compute() -> dict[str, float]``.
+    Return specs whose factory is ``factory(options, data=None)`` and returns
+    an object following :class:`~aigc_kit.core.plugin_api.Metric`:
+    ``update(samples)`` and ``compute() -> dict[str, float]``; ``data`` is the
+    run's :class:`~aigc_kit.core.plugin_api.DatasetBundle` (real samples,
+    or facts such as a mixture's mode centres).
     """
 
 

@@ -49,6 +49,7 @@ class Components:
     model: ModelBundle
     loss: Any
     sampler: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class TrainResult:
     checkpoint: Path | None
     samples: list[Path] = field(default_factory=list)
     last_logs: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -96,10 +98,11 @@ def check_components(components: Components, config: RunConfig) -> None:
 class PhaseOptimizer:
     """One phase's optimizer, with gradient scaling (fp16) and clipping."""
 
-    def __init__(self, phase: Phase, networks: dict[str, torch.nn.Module], settings: OptimizerSettings,
+    def __init__(self, phase: Phase, bundle: ModelBundle, settings: OptimizerSettings,
                  scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
         self.phase = phase
-        self.parameters = [p for name in phase.trains for p in networks[name].parameters()]
+        self.bundle = bundle
+        self.parameters = [p for name in phase.trains for p in bundle.networks[name].parameters()]
         self.optimizer = build_optimizer(settings, self.parameters)
         self.scaler = scaler
         self.grad_clip = grad_clip
@@ -113,11 +116,13 @@ class PhaseOptimizer:
                 torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            return
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
-        self.optimizer.step()
+        else:
+            loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+            self.optimizer.step()
+        if self.phase.after_step is not None:
+            self.phase.after_step(self.bundle)
 
 
 def build_optimizer(settings: OptimizerSettings, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -176,7 +181,7 @@ class Trainer:
         self.scaler = make_grad_scaler(self.train.precision, device)
         self.optimizers = {
             phase.name: PhaseOptimizer(
-                phase, self.networks,
+                phase, self.bundle,
                 merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
                 self.scaler, self.train.grad_clip,
             )
@@ -215,6 +220,9 @@ class Trainer:
                                           if k.endswith("/loss")}, refresh=False)
                     result.last_logs = logs
                     interval_start = now
+                if train.eval_every and self.components.metrics and (
+                        step % train.eval_every == 0 or step == train.steps):
+                    result.last_eval = self.evaluate(step)
                 if step % train.sample_every == 0 or step == train.steps:
                     result.samples.append(self.write_samples(step))
                 if step % train.checkpoint_every == 0 or step == train.steps:
@@ -286,10 +294,29 @@ class Trainer:
         info = self.components.data.info
         path = self.run_dir / "samples" / f"step-{step:06d}.png"
         if info.preview == "scatter":
-            save_scatter(samples, path, info.value_range)
+            save_scatter(samples, path, info.value_range, landmarks=info.landmarks)
         else:
             save_grid(samples, path, info.value_range)
         return path
+
+    @torch.no_grad()
+    def evaluate(self, step: int, batch_size: int = 500) -> dict[str, float]:
+        """Run every metric on ``train.eval.samples`` samples from fixed noise; log and return the values."""
+        network = self.sampling_network()
+        generator = torch.Generator().manual_seed(self.config.seed + 2)
+        remaining = self.train.eval.samples
+        with evaluating(network):
+            while remaining > 0:
+                count = min(batch_size, remaining)
+                noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
+                samples = self.components.sampler.sample(network, noise.to(self.device)).float()
+                for metric in self.components.metrics.values():
+                    metric.update(samples)
+                remaining -= count
+        values = {f"{name}/{key}": float(value) for name, metric in self.components.metrics.items()
+                  for key, value in metric.compute().items()}
+        self._log(step, values)
+        return values
 
     def write_checkpoint(self, step: int) -> Path:
         state = {

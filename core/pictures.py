@@ -30,8 +30,9 @@ def save_grid(images: torch.Tensor, path: Path, value_range: tuple[float, float]
     _save_png(Image.fromarray(pixels), path)
 
 
-def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, float], size: int = 512) -> None:
-    """Write 2-D points ``(n, 2)`` as a PNG scatter plot over ``value_range`` on both axes."""
+def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, float], size: int = 512,
+                 landmarks: tuple[tuple[float, ...], ...] = ()) -> None:
+    """Write 2-D points ``(n, 2)`` as a PNG scatter plot over ``value_range`` on both axes, over ``landmarks`` (red)."""
     points = points.detach().float().cpu().numpy()
     low, high = value_range
     canvas = Image.new("RGB", (size, size), "white")
@@ -42,6 +43,10 @@ def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, flo
     scaled = (points - low) / (high - low) * (size - 1)
     for x, y in scaled:
         draw.ellipse([x - 1.5, size - 1 - y - 1.5, x + 1.5, size - 1 - y + 1.5], fill=(31, 119, 180))
+    for x, y in landmarks:
+        x, y = (x - low) / (high - low) * (size - 1), size - 1 - (y - low) / (high - low) * (size - 1)
+        draw.line([(x - 5, y - 5), (x + 5, y + 5)], fill=(214, 39, 40), width=2)
+        draw.line([(x - 5, y + 5), (x + 5, y - 5)], fill=(214, 39, 40), width=2)
     _save_png(canvas, path)
 
 

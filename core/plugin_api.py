@@ -105,6 +105,8 @@ class Phase:
     The core loop keeps one optimizer per phase, covering the ``trains`` networks.
     A phase with ``uses_data=False`` (a GAN's generator phase) is given the
     last batch again instead of a new one: it only needs its size and device.
+    ``after_step(bundle)``, if set, runs after each optimizer step of the
+    phase (weight clipping, for example).
     """
 
     name: str
@@ -112,6 +114,7 @@ class Phase:
     repeat: int = 1
     uses_data: bool = True
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    after_step: Callable[[ModelBundle], None] | None = None
 
 
 @dataclass
@@ -134,12 +137,14 @@ class DatasetInfo:
 
     ``shape`` is one sample's shape; samples are float tensors with values in
     ``value_range``; ``preview`` says how samples are pictured
-    (``"grid"`` of images, or ``"scatter"`` for 2-D points).
+    (``"grid"`` of images, or ``"scatter"`` for 2-D points, drawn over the
+    ``landmarks``, such as a mixture's mode centres).
     """
 
     shape: tuple[int, ...]
     value_range: tuple[float, float] = (-1.0, 1.0)
     preview: Literal["grid", "scatter"] = "grid"
+    landmarks: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass
@@ -157,6 +162,16 @@ class Loss(Protocol):
 
     def compute(self, phase: Phase, batch: Any, bundle: ModelBundle, step: int) -> tuple[Any, dict[str, float]]:
         """Return ``(loss, logs)``: a scalar tensor to minimise and floats to log under the phase's name."""
+
+
+class Metric(Protocol):
+    """A metric: accumulates generated samples, then computes numbers about them."""
+
+    def update(self, samples: Any) -> None:
+        """Add a batch of generated samples."""
+
+    def compute(self) -> dict[str, float]:
+        """The metric's values over every sample added since it was created or last computed; then reset."""
 
 
 class Sampler(Protocol):

@@ -53,7 +53,11 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
                                                                   data_shape=data.info.shape)
     loss = registry.spec("loss", config.loss.name).factory(loaded.options["loss"])
     sampler = registry.spec("sampler", config.sampler.name).factory(loaded.options["sampler"])
-    return Components(data=data, model=model, loss=loss, sampler=sampler)
+    metrics = {
+        section.name: registry.spec("metric", section.name).factory(options, data=data)
+        for section, options in zip(config.train.eval.metrics, loaded.metric_options)
+    }
+    return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics)
 
 
 def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:

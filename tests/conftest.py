@@ -17,6 +17,8 @@ BUILTIN_PLUGINS = {
     "gan_losses": "aigc_kit.plugins.gan_losses",
     "latent": "aigc_kit.plugins.latent",
     "datasets": "aigc_kit.plugins.datasets",
+    "mlp": "aigc_kit.plugins.mlp",
+    "mixtures": "aigc_kit.plugins.mixtures",
     "onnx": "aigc_kit.exporters.onnx",
 }
 

@@ -41,12 +41,12 @@ def test_plugins_json_lists_every_builtin_with_components_and_options():
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     records = {p["name"]: p for p in data["plugins"]}
-    assert records["dcgan"]["components"] == ["model:dcgan"]
+    assert records["dcgan"]["components"] == ["model:dcgan", "model:wgan"]
     assert records["dcgan"]["source"] == "built-in" and records["dcgan"]["status"] == "loaded"
     assert records["onnx"]["hooks"] == ["aigc_register_exporters"]
     models = {c["name"]: c for c in data["components"]["model"]}
     assert models["dcgan"]["description"].startswith("DCGAN")
-    assert {"resolution", "channels", "latent_dim", "width"} == {o["name"] for o in models["dcgan"]["options"]}
+    assert {"resolution", "channels", "latent_dim", "width", "pack"} == {o["name"] for o in models["dcgan"]["options"]}
 
 
 def test_plugins_listing_shows_a_failed_plugin_with_its_distribution(plugin_distribution):

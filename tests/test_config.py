@@ -23,7 +23,8 @@ def test_a_good_config_validates_and_fills_plugin_defaults(write_config, builtin
     loaded = load_config(write_config(tiny_config()), builtin_registry)
     resolved = loaded.resolved()
     assert resolved["model"]["latent_dim"] == 8
-    assert resolved["loss"] == {"name": "gan-bce", "discriminator_steps": 1, "lr": 2e-4, "beta1": 0.5, "beta2": 0.999}
+    assert resolved["loss"] == {"name": "gan-bce", "discriminator_steps": 1, "discriminator_lr": 2e-4,
+                                "generator_lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "r1_gamma": 0.0}
     assert resolved["train"]["ema"]["decay"] == 0.999
 
 

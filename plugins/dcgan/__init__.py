@@ -1,6 +1,16 @@
-"""The ``dcgan`` model: the DCGAN generator and discriminator (Radford et al. 2015)."""
+"""The ``dcgan`` and ``wgan`` models: DCGAN-shaped generators with a BatchNorm discriminator or a critic.
+
+``dcgan`` is the DCGAN of Radford et al. 2015; ``wgan`` keeps its generator and
+replaces BatchNorm in the discriminator (the critic) by no normalisation,
+LayerNorm or instance norm, as the WGAN-GP paper (Gulrajani et al. 2017)
+requires: its gradient penalty is per sample, which BatchNorm breaks.
+Both offer PacGAN packing (Lin et al. 2018): the discriminator judges
+``pack`` samples at once, concatenated along the channels.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -14,6 +24,7 @@ class DcganOptions(Options):
     channels: int | None = Field(None, description="Image channels, 1 or 3 (default: the data's).")
     latent_dim: int = Field(100, gt=0, description="Size of the latent vector z.")
     width: int = Field(64, gt=0, description="Base width: feature maps of the last generator / first discriminator layer.")
+    pack: int = Field(1, ge=1, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
 
     @field_validator("resolution")
     @classmethod
@@ -54,12 +65,28 @@ def image_size(options: Options, data_shape: tuple[int, ...] | None, model: str)
     return channels, resolution
 
 
+class WganOptions(DcganOptions):
+    """Options of the ``wgan`` model: the ``dcgan`` options and the critic's normalisation."""
+
+    critic_norm: Literal["none", "layer", "instance"] = Field(
+        "layer", description="Normalisation in the critic's hidden layers (no BatchNorm: the gradient penalty is per sample)."
+    )
+
+
 def build_dcgan(options: DcganOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    return _build(options, data_shape, "dcgan", norm="batch")
+
+
+def build_wgan(options: WganOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    return _build(options, data_shape, "wgan", norm=options.critic_norm)
+
+
+def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, model: str, norm: str) -> ModelBundle:
     from .networks import Discriminator, Generator
 
-    channels, resolution = image_size(options, data_shape, "dcgan")
+    channels, resolution = image_size(options, data_shape, model)
     generator = Generator(options.latent_dim, options.width, channels, resolution)
-    discriminator = Discriminator(options.width, channels, resolution)
+    discriminator = Discriminator(options.width, channels, resolution, norm=norm, pack=options.pack)
     return ModelBundle(
         networks={"generator": generator, "discriminator": discriminator},
         sampling_network="generator",
@@ -76,5 +103,12 @@ def aigc_register_models():
             "DCGAN generator (transposed convolutions, BatchNorm, ReLU, Tanh) and discriminator "
             "(strided convolutions, LeakyReLU 0.2, BatchNorm but on the first layer); weights N(0, 0.02).",
             DcganOptions,
-        )
+        ),
+        ComponentSpec(
+            "wgan",
+            build_wgan,
+            "DCGAN generator and a critic without BatchNorm (none, LayerNorm or instance norm) and without sigmoid, "
+            "for the Wasserstein losses (Arjovsky et al. 2017; Gulrajani et al. 2017).",
+            WganOptions,
+        ),
     ]

@@ -55,17 +55,31 @@ class Generator(nn.Module):
         return self.layers(z.reshape(z.shape[0], self.latent_dim, 1, 1))
 
 
-class Discriminator(nn.Module):
-    """image -> one logit per sample (no sigmoid: losses work on logits)."""
+def normalisation(kind: str, features: int, side: int) -> nn.Module:
+    """The discriminator's normalisation layer: BatchNorm (DCGAN) or, for critics, LayerNorm, instance norm or none."""
+    if kind == "batch":
+        return nn.BatchNorm2d(features)
+    if kind == "layer":
+        return nn.LayerNorm([features, side, side])
+    if kind == "instance":
+        return nn.InstanceNorm2d(features, affine=True)
+    return nn.Identity()
 
-    def __init__(self, width: int, channels: int, resolution: int) -> None:
+
+class Discriminator(nn.Module):
+    """image -> one logit per sample, or per group of ``pack`` samples (no sigmoid: losses work on logits)."""
+
+    def __init__(self, width: int, channels: int, resolution: int, norm: str = "batch", pack: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
-        features = width
+        self.pack = pack
+        layers: list[nn.Module] = [nn.Conv2d(channels * pack, width, 4, 2, 1, bias=norm != "batch"),
+                                   nn.LeakyReLU(0.2, inplace=True)]
+        features, side = width, resolution // 2
         for _ in range(upsampling_layers(resolution)):
+            side //= 2
             layers += [
-                nn.Conv2d(features, features * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(features * 2),
+                nn.Conv2d(features, features * 2, 4, 2, 1, bias=norm == "none"),
+                normalisation(norm, features * 2, side),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             features *= 2
@@ -74,4 +88,13 @@ class Discriminator(nn.Module):
         self.apply(dcgan_init)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.layers(image).reshape(image.shape[0])
+        return self.layers(pack_samples(image, self.pack)).reshape(-1)
+
+
+def pack_samples(samples: torch.Tensor, pack: int) -> torch.Tensor:
+    """Concatenate each run of ``pack`` consecutive samples along the channels (PacGAN)."""
+    if pack == 1:
+        return samples
+    if samples.shape[0] % pack:
+        raise ValueError(f"a batch of {samples.shape[0]} cannot be packed in groups of {pack}")
+    return samples.reshape(samples.shape[0] // pack, pack * samples.shape[1], *samples.shape[2:])

@@ -1,4 +1,4 @@
-"""The GAN losses' computations."""
+"""The GAN losses' computations: one class per loss, sharing the phase logic."""
 
 from __future__ import annotations
 
@@ -15,25 +15,140 @@ def latent_batch(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(like.shape[0], *bundle.noise_shape, device=like.device)
 
 
-class NonSaturatingLoss:
-    """The discriminator minimises BCE on logits; the generator minimises -log D(G(z)) (softplus form)."""
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """E[(||grad D(x_hat)||_2 - 1)^2] at random interpolates x_hat (Gulrajani et al. 2017, eq. 3), in fp32.
 
-    def __init__(self, options: Any) -> None:
-        adam = OptimizerSettings("adam", lr=options.lr, betas=(options.beta1, options.beta2))
+    The norm is taken per critic output, so a packed critic (PacGAN) is
+    penalised on the gradient with respect to its whole packed input.
+    """
+    real, fake = real.detach().float(), fake.detach().float()
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        scores = critic(interpolates).float()
+    (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
+    norms = gradients.reshape(scores.shape[0], -1).norm(2, dim=1)
+    return ((norms - 1) ** 2).mean()
+
+
+def r1_penalty(discriminator: torch.nn.Module, real: torch.Tensor) -> torch.Tensor:
+    """E||grad D(x_real)||^2 (Mescheder et al. 2018), in fp32; the loss multiplies it by gamma / 2."""
+    real = real.detach().float().requires_grad_(True)
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        scores = discriminator(real).float()
+    (gradients,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+    return gradients.reshape(scores.shape[0], -1).pow(2).sum(dim=1).mean()
+
+
+class GanLoss:
+    """A discriminator phase repeated ``discriminator_steps`` times, then a generator phase.
+
+    Subclasses give the two losses from the discriminator's outputs on real
+    and generated samples, and optionally a penalty.
+    """
+
+    def __init__(self, options: Any, optimizer: str = "adam") -> None:
+        self.options = options
+        betas = (getattr(options, "beta1", 0.9), getattr(options, "beta2", 0.999))
+        discriminator = OptimizerSettings(optimizer, lr=options.discriminator_lr, betas=betas)
+        generator = OptimizerSettings(optimizer, lr=options.generator_lr, betas=betas)
         self.phases = [
-            Phase("discriminator", ("discriminator",), repeat=options.discriminator_steps, optimizer=adam),
-            Phase("generator", ("generator",), uses_data=False, optimizer=adam),
+            Phase("discriminator", ("discriminator",), repeat=options.discriminator_steps, optimizer=discriminator,
+                  after_step=self.after_discriminator_step),
+            Phase("generator", ("generator",), uses_data=False, optimizer=generator),
         ]
+
+    after_discriminator_step = None
 
     def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int):
         generator = bundle.networks["generator"]
         discriminator = bundle.networks["discriminator"]
         fake = generator(latent_batch(bundle, batch))
         if phase.name == "discriminator":
-            real_logits = discriminator(batch).float()
-            fake_logits = discriminator(fake.detach()).float()
-            # softplus(-x) = -log sigmoid(x): BCE on logits without overflow.
-            loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-            return loss, {"real_logit": real_logits.mean().detach(), "fake_logit": fake_logits.mean().detach()}
-        fake_logits = discriminator(fake).float()
-        return F.softplus(-fake_logits).mean(), {}
+            fake = fake.detach()
+            real_scores = discriminator(batch).float()
+            fake_scores = discriminator(fake).float()
+            loss = self.discriminator_loss(real_scores, fake_scores)
+            logs = {"real_score": real_scores.mean().detach(), "fake_score": fake_scores.mean().detach()}
+            penalty = self.penalty(discriminator, batch, fake)
+            if penalty is not None:
+                loss = loss + penalty
+                logs["penalty"] = penalty.detach()
+            return loss, logs
+        return self.generator_loss(discriminator(fake).float()), {}
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def penalty(self, discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+        gamma = getattr(self.options, "r1_gamma", 0.0)
+        return gamma / 2 * r1_penalty(discriminator, real) if gamma else None
+
+
+class NonSaturatingLoss(GanLoss):
+    """The discriminator minimises BCE on logits; the generator minimises -log D(G(z))."""
+
+    def discriminator_loss(self, real, fake):
+        # softplus(-x) = -log sigmoid(x): BCE on logits without overflow.
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+    def generator_loss(self, fake):
+        return F.softplus(-fake).mean()
+
+
+class HingeLoss(GanLoss):
+    """Critic: E relu(1 - D(x)) + E relu(1 + D(G(z))); generator: -E D(G(z))."""
+
+    def discriminator_loss(self, real, fake):
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+    def generator_loss(self, fake):
+        return -fake.mean()
+
+
+class LeastSquaresLoss(GanLoss):
+    """Mao et al. 2017 with targets a=0 (fake), b=1 (real), c=1 (what the generator aims for)."""
+
+    def discriminator_loss(self, real, fake):
+        return 0.5 * ((real - 1) ** 2).mean() + 0.5 * (fake**2).mean()
+
+    def generator_loss(self, fake):
+        return 0.5 * ((fake - 1) ** 2).mean()
+
+
+class WassersteinLoss(GanLoss):
+    """Critic: E D(G(z)) - E D(x), with every critic weight clipped to [-c, c] after each step."""
+
+    def __init__(self, options: Any) -> None:
+        super().__init__(options, optimizer="rmsprop")
+
+    def discriminator_loss(self, real, fake):
+        return fake.mean() - real.mean()
+
+    def generator_loss(self, fake):
+        return -fake.mean()
+
+    def penalty(self, discriminator, real, fake):
+        return None
+
+    def after_discriminator_step(self, bundle: ModelBundle) -> None:
+        with torch.no_grad():
+            for parameter in bundle.networks["discriminator"].parameters():
+                parameter.clamp_(-self.options.clip, self.options.clip)
+
+
+class WassersteinGpLoss(WassersteinLoss):
+    """The Wasserstein critic loss plus lambda times the gradient penalty; no clipping."""
+
+    def __init__(self, options: Any) -> None:
+        GanLoss.__init__(self, options, optimizer="adam")
+
+    def penalty(self, discriminator, real, fake):
+        if not self.options.gp_lambda:
+            return None
+        return self.options.gp_lambda * gradient_penalty(discriminator, real, fake)
+
+    after_discriminator_step = None
