@@ -148,6 +148,13 @@ def merge_optimizer(proposed: OptimizerSettings, override: OptimizerConfig | Non
     return OptimizerSettings(**{**proposed.__dict__, **changes})
 
 
+def collate(samples: Any) -> Any:
+    """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor."""
+    if isinstance(samples, torch.Tensor):
+        return samples
+    return torch.utils.data.default_collate(samples)
+
+
 def endless_batches(loader: DataLoader, device: torch.device, start_epoch: int = 0) -> Iterator[torch.Tensor]:
     """Yield batches forever, reshuffling each epoch; datasets may yield tensors or (tensor, label) pairs."""
     epoch = start_epoch
@@ -253,6 +260,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.train.data_workers > 0,
             generator=torch.Generator().manual_seed(self.config.seed),
+            collate_fn=collate,
         )
 
     def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:

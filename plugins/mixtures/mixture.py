@@ -39,6 +39,10 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.points[index]
 
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        """A whole batch at once: the DataLoader calls this instead of one __getitem__ per point."""
+        return self.points[indices]
+
 
 def mixture_dataset(options: Any) -> DatasetBundle:
     std = (options.std or DEFAULT_STD[options.layout]) * options.scale
