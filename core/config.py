@@ -88,6 +88,9 @@ class TrainConfig(_Strict):
     )
     ema: EmaConfig = Field(default_factory=EmaConfig, description="EMA of the sampling network.")
     grad_clip: float | None = Field(None, gt=0, description="Clip each phase's gradient norm to this value.")
+    lr_decay: Literal["none", "linear", "cosine"] = Field(
+        "none", description="Decay every phase's learning rate to 0 over the run (linear: as WGAN-GP's CIFAR runs)."
+    )
     log_every: int = Field(10, gt=0, description="Write metrics.jsonl every this many steps.")
     sample_every: int = Field(500, gt=0, description="Write a sample picture every this many steps.")
     sample_count: int = Field(64, gt=0, le=10000, description="Samples in each picture (from fixed noise).")

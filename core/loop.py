@@ -99,13 +99,15 @@ class PhaseOptimizer:
     """One phase's optimizer, with gradient scaling (fp16) and clipping."""
 
     def __init__(self, phase: Phase, bundle: ModelBundle, settings: OptimizerSettings,
-                 scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
+                 scaler: torch.amp.GradScaler | None, grad_clip: float | None,
+                 lr_decay: str = "none", total_steps: int = 1) -> None:
         self.phase = phase
         self.bundle = bundle
         self.parameters = [p for name in phase.trains for p in bundle.networks[name].parameters()]
         self.optimizer = build_optimizer(settings, self.parameters)
         self.scaler = scaler
         self.grad_clip = grad_clip
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(lr_decay, total_steps))
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -123,6 +125,15 @@ class PhaseOptimizer:
             self.optimizer.step()
         if self.phase.after_step is not None:
             self.phase.after_step(self.bundle)
+
+
+def lr_factor(decay: str, total_steps: int):
+    """The learning-rate multiplier after ``step`` training steps: constant, or decaying to 0 at the end."""
+    if decay == "linear":
+        return lambda step: max(0.0, 1.0 - step / total_steps)
+    if decay == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return lambda step: 1.0
 
 
 def build_optimizer(settings: OptimizerSettings, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -190,7 +201,7 @@ class Trainer:
             phase.name: PhaseOptimizer(
                 phase, self.bundle,
                 merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
-                self.scaler, self.train.grad_clip,
+                self.scaler, self.train.grad_clip, self.train.lr_decay, self.train.steps,
             )
             for phase in self.phases
         }
@@ -280,6 +291,8 @@ class Trainer:
                     )
                 self.optimizers[phase.name].step(loss)
                 averages.add(phase.name, {"loss": loss.detach(), **logs})
+        for optimizer in self.optimizers.values():
+            optimizer.schedule.step()
         if self.ema is not None:
             self.ema.update(self.networks[self.bundle.sampling_network], step)
 
@@ -329,6 +342,7 @@ class Trainer:
     def write_checkpoint(self, step: int) -> Path:
         state = {
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
+            "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": checkpoints.rng_state(),
             "config_fingerprint": self.config_fingerprint,

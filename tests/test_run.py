@@ -137,3 +137,18 @@ def test_a_corrupt_checkpoint_is_a_user_error(tmp_path, write_config, builtin_re
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step-000002\n")
     with pytest.raises(UserError, match="cannot read the training state"):
         load_checkpoint(tmp_path / "run")
+
+
+@pytest.mark.parametrize("decay, factor", [("none", 1.0), ("linear", 0.0), ("cosine", 0.0)])
+def test_learning_rates_decay_over_the_run(tmp_path, write_config, builtin_registry, decay, factor):
+    config = tiny_config()
+    config["train"]["lr_decay"] = decay
+    run(write_config(config), builtin_registry, output=tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run").state
+    for phase in ("discriminator", "generator"):
+        group = state["optimizers"][phase]["param_groups"][0]
+        assert group["lr"] == pytest.approx(2e-4 * factor, abs=1e-12)
+        assert group["initial_lr"] == pytest.approx(2e-4)
+    halfway = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000002").state
+    expected = {"none": 1.0, "linear": 0.5, "cosine": 0.5}[decay]
+    assert halfway["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * expected)
