@@ -44,21 +44,22 @@ class GanLoss:
     """A discriminator phase repeated ``discriminator_steps`` times, then a generator phase.
 
     Subclasses give the two losses from the discriminator's outputs on real
-    and generated samples, and optionally a penalty.
+    and generated samples, and optionally a penalty and an ``after_discriminator_step``.
     """
 
-    def __init__(self, options: Any, optimizer: str = "adam") -> None:
+    optimizer = "adam"
+    after_discriminator_step = None
+
+    def __init__(self, options: Any) -> None:
         self.options = options
         betas = (getattr(options, "beta1", 0.9), getattr(options, "beta2", 0.999))
-        discriminator = OptimizerSettings(optimizer, lr=options.discriminator_lr, betas=betas)
-        generator = OptimizerSettings(optimizer, lr=options.generator_lr, betas=betas)
+        discriminator = OptimizerSettings(self.optimizer, lr=options.discriminator_lr, betas=betas)
+        generator = OptimizerSettings(self.optimizer, lr=options.generator_lr, betas=betas)
         self.phases = [
             Phase("discriminator", ("discriminator",), repeat=options.discriminator_steps, optimizer=discriminator,
                   after_step=self.after_discriminator_step),
             Phase("generator", ("generator",), uses_data=False, optimizer=generator),
         ]
-
-    after_discriminator_step = None
 
     def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int):
         generator = bundle.networks["generator"]
@@ -122,8 +123,7 @@ class LeastSquaresLoss(GanLoss):
 class WassersteinLoss(GanLoss):
     """Critic: E D(G(z)) - E D(x), with every critic weight clipped to [-c, c] after each step."""
 
-    def __init__(self, options: Any) -> None:
-        super().__init__(options, optimizer="rmsprop")
+    optimizer = "rmsprop"
 
     def discriminator_loss(self, real, fake):
         return fake.mean() - real.mean()
@@ -143,12 +143,10 @@ class WassersteinLoss(GanLoss):
 class WassersteinGpLoss(WassersteinLoss):
     """The Wasserstein critic loss plus lambda times the gradient penalty; no clipping."""
 
-    def __init__(self, options: Any) -> None:
-        GanLoss.__init__(self, options, optimizer="adam")
+    optimizer = "adam"
+    after_discriminator_step = None
 
     def penalty(self, discriminator, real, fake):
         if not self.options.gp_lambda:
             return None
         return self.options.gp_lambda * gradient_penalty(discriminator, real, fake)
-
-    after_discriminator_step = None
