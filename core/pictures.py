@@ -32,7 +32,7 @@ def save_grid(images: torch.Tensor, path: Path, value_range: tuple[float, float]
 
 def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, float], size: int = 512,
                  landmarks: tuple[tuple[float, ...], ...] = ()) -> None:
-    """Write 2-D points ``(n, 2)`` as a PNG scatter plot over ``value_range`` on both axes, over ``landmarks`` (red)."""
+    """Write 2-D points ``(n, 2)`` as a PNG scatter plot over ``value_range`` on both axes, over ``landmarks`` (red rings)."""
     points = points.detach().float().cpu().numpy()
     low, high = value_range
     canvas = Image.new("RGB", (size, size), "white")
@@ -40,13 +40,12 @@ def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, flo
     middle = (0 - low) / (high - low) * (size - 1)
     draw.line([(middle, 0), (middle, size)], fill=(220, 220, 220))
     draw.line([(0, middle), (size, middle)], fill=(220, 220, 220))
+    for x, y in landmarks:  # drawn first, so that the samples lie over them
+        x, y = (x - low) / (high - low) * (size - 1), size - 1 - (y - low) / (high - low) * (size - 1)
+        draw.ellipse([x - 7, y - 7, x + 7, y + 7], outline=(214, 39, 40), width=2)
     scaled = (points - low) / (high - low) * (size - 1)
     for x, y in scaled:
         draw.ellipse([x - 1.5, size - 1 - y - 1.5, x + 1.5, size - 1 - y + 1.5], fill=(31, 119, 180))
-    for x, y in landmarks:
-        x, y = (x - low) / (high - low) * (size - 1), size - 1 - (y - low) / (high - low) * (size - 1)
-        draw.line([(x - 5, y - 5), (x + 5, y + 5)], fill=(214, 39, 40), width=2)
-        draw.line([(x - 5, y + 5), (x + 5, y - 5)], fill=(214, 39, 40), width=2)
     _save_png(canvas, path)
 
 

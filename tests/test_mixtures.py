@@ -117,3 +117,20 @@ def test_a_short_wgan_gp_run_on_the_ring_improves_mode_coverage(tmp_path, write_
     logged = [json.loads(line) for line in (tmp_path / "after" / "metrics.jsonl").read_text().splitlines()]
     assert any("mode-coverage/modes" in line for line in logged)
     assert (tmp_path / "after" / "samples" / "step-000300.png").is_file()
+
+
+def test_scatter_draws_samples_over_the_mode_centres(tmp_path):
+    from PIL import Image
+
+    from aigc_kit.core.pictures import save_scatter
+
+    path = tmp_path / "scatter.png"
+    save_scatter(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), path, (-2.0, 2.0), size=101,
+                 landmarks=((-1.0, -1.0), (1.0, -1.0)))
+    image = Image.open(path).convert("RGB")
+    at = lambda x, y: image.getpixel((round((x + 2) / 4 * 100), round(100 - (y + 2) / 4 * 100)))  # noqa: E731
+    assert at(1, 1) == (31, 119, 180)  # a sample
+    assert at(-1, -1) == (31, 119, 180)  # a sample drawn over a centre
+    ring = image.getpixel((round((1 + 2) / 4 * 100) + 7, round(100 - (-1 + 2) / 4 * 100)))
+    assert ring == (214, 39, 40)  # the empty centre's ring
+    assert at(0.5, 1.5) == (255, 255, 255)
