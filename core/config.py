@@ -277,8 +277,13 @@ def parse_config(
         except UserError as error:
             raise error.with_file(file) if file else error
     metric_options = []
+    seen: set[str] = set()
     for index, metric in enumerate(config.train.eval.metrics):
         field = f"train.eval.metrics[{index}]"
+        if metric.name in seen:
+            raise UserError(f"the metric {metric.name!r} is listed twice", field=f"{field}.name", file=file,
+                            hint="each metric's values are logged under its name: list it once")
+        seen.add(metric.name)
         try:
             registry.spec("metric", metric.name)
             metric_options.append(registry.options("metric", metric.name, metric.plugin_options(), field_prefix=field))

@@ -146,3 +146,10 @@ def test_errors_found_while_building_name_the_config_file(write_config, tmp_path
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {path}: data.root: no such folder")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_metric_listed_twice_is_refused(write_config):
+    config = tiny_config()
+    config["train"]["eval"] = {"metrics": [{"name": "mode-coverage"}, {"name": "mode-coverage", "threshold": 2}]}
+    result = validate(write_config(config))
+    assert result.exit_code == 2 and "train.eval.metrics[1].name: the metric 'mode-coverage' is listed twice" in result.output
