@@ -265,17 +265,8 @@ def parse_config(
         sections["export"] = "exporter"
     for section, kind in sections.items():
         part = getattr(config, section)
-        name = part.format if section == "export" else part.name
-        name_field = f"{section}.format" if section == "export" else f"{section}.name"
-        try:
-            registry.spec(kind, name)
-        except UserError as error:
-            error.field = name_field
-            raise error.with_file(file) if file else error
-        try:
-            options[section] = registry.options(kind, name, part.plugin_options(), field_prefix=section)
-        except UserError as error:
-            raise error.with_file(file) if file else error
+        name, name_key = (part.format, "format") if section == "export" else (part.name, "name")
+        options[section] = _component_options(registry, kind, name, part.plugin_options(), section, name_key, file)
     metric_options = []
     seen: set[str] = set()
     for index, metric in enumerate(config.train.eval.metrics):
@@ -284,14 +275,24 @@ def parse_config(
             raise UserError(f"the metric {metric.name!r} is listed twice", field=f"{field}.name", file=file,
                             hint="each metric's values are logged under its name: list it once")
         seen.add(metric.name)
-        try:
-            registry.spec("metric", metric.name)
-            metric_options.append(registry.options("metric", metric.name, metric.plugin_options(), field_prefix=field))
-        except UserError as error:
-            error.field = error.field if error.field and error.field.startswith(field) else f"{field}.name"
-            raise error.with_file(file) if file else error
+        metric_options.append(_component_options(registry, "metric", metric.name, metric.plugin_options(), field,
+                                                 "name", file))
     return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options,
                         metric_options=metric_options)
+
+
+def _component_options(registry: Registry, kind: str, name: str, values: dict[str, Any], field: str,
+                       name_key: str, file: str | None) -> Options:
+    """Validate one component's options; errors name ``field.name_key`` (unknown name) or the bad option."""
+    try:
+        registry.spec(kind, name)
+    except UserError as error:
+        error.field = f"{field}.{name_key}"
+        raise error.with_file(file) if file else error
+    try:
+        return registry.options(kind, name, values, field_prefix=field)
+    except UserError as error:
+        raise error.with_file(file) if file else error
 
 
 def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,21 +149,18 @@ def open_session(path: str | Path) -> Any:
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-class _quiet_exporter:
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress lines and optional-dependency warnings for the block."""
-
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-
-    def __enter__(self) -> None:
-        self.levels = {name: logging.getLogger(name).level for name in self.names}
-        for name in self.names:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        self.warnings = warnings.catch_warnings()
-        self.warnings.__enter__()
-        # torch.export's own use of a deprecated pytree API; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.warnings.__exit__(*exc)
-        for name, level in self.levels.items():
-            logging.getLogger(name).setLevel(level)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            # torch.export's own use of a deprecated pytree API; nothing a user can act on.
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
