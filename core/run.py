@@ -51,6 +51,8 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     with torch.device("meta") if model_on_meta else contextlib.nullcontext():
         model = registry.spec("model", config.model.name).factory(loaded.options["model"],
                                                                   data_shape=data.info.shape)
+    for section in ("loss", "sampler"):
+        loaded.options[section] = _with_shared_options(loaded, registry, section, model.shared_options)
     loss = registry.spec("loss", config.loss.name).factory(loaded.options["loss"])
     sampler = registry.spec("sampler", config.sampler.name).factory(loaded.options["sampler"])
     metrics = {
@@ -58,6 +60,34 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
         for section, options in zip(config.train.eval.metrics, loaded.metric_options)
     }
     return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics)
+
+
+def _with_shared_options(loaded: LoadedConfig, registry: Registry, section: str, shared: dict[str, Any]) -> Any:
+    """The section's options with the model's shared options filled in (see ``ModelBundle.shared_options``)."""
+    options = loaded.options[section]
+    if not shared:
+        return options
+    part = getattr(loaded.config, section)
+    kind = section  # the loss and sampler sections name components of their own kind
+    missing = [key for key in shared if key not in type(options).model_fields]
+    if missing:
+        raise UserError(
+            f"{kind} {part.name!r} cannot be used with model {loaded.config.model.name!r}: the model fixes "
+            f"{', '.join(missing)}, which this {kind} does not take",
+            field=f"{section}.name",
+            hint=f"pick a {kind} made for this model (see `aigc-kit plugins`)",
+        )
+    given = part.plugin_options()
+    for key, value in shared.items():
+        if key in given and getattr(options, key) != value:
+            raise UserError(
+                f"{section}.{key} contradicts the model, which fixes it for its loss and sampler",
+                field=f"{section}.{key}",
+                expected=value,
+                given=given[key],
+                hint="remove it here: the model's section sets it for both the loss and the sampler",
+            )
+    return registry.options(kind, part.name, {**given, **shared}, field_prefix=section)
 
 
 def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl, square_image_size
 
 
 class DcganOptions(Options):
@@ -41,30 +41,6 @@ class DcganOptions(Options):
         return value
 
 
-def image_size(options: Options, data_shape: tuple[int, ...] | None, model: str) -> tuple[int, int]:
-    """(channels, resolution) from the options, else from the data's shape; a mismatch is a user error."""
-    from aigc_kit.core.errors import UserError
-
-    channels, resolution = options.channels, options.resolution
-    if data_shape is not None:
-        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-            raise UserError(f"model {model!r} needs square images, but the data's samples have shape {tuple(data_shape)}",
-                            field="data.name")
-        for field, mine, theirs in (("channels", channels, data_shape[0]), ("resolution", resolution, data_shape[1])):
-            if mine is not None and mine != theirs:
-                raise UserError(f"the model's {field} differ from the data's", field=f"model.{field}",
-                                expected=theirs, given=mine, hint=f"drop model.{field} to follow the data")
-        channels, resolution = channels or data_shape[0], resolution or data_shape[1]
-    if channels is None or resolution is None:
-        raise UserError(f"model {model!r} needs a resolution and channels (or data to take them from)",
-                        field="model.resolution")
-    if channels not in (1, 3) or resolution not in (16, 32, 64, 128):
-        raise UserError(f"model {model!r} supports 1 or 3 channels at 16, 32, 64 or 128 pixels",
-                        field="model.resolution", given=f"{channels} channels at {resolution} pixels",
-                        hint="change the data's resolution or channels")
-    return channels, resolution
-
-
 class WganOptions(DcganOptions):
     """Options of the ``wgan`` model: the ``dcgan`` options and the critic's normalisation."""
 
@@ -84,7 +60,7 @@ def build_wgan(options: WganOptions, data_shape: tuple[int, ...] | None = None) 
 def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, model: str, norm: str) -> ModelBundle:
     from .networks import Discriminator, Generator
 
-    channels, resolution = image_size(options, data_shape, model)
+    channels, resolution = square_image_size(options, data_shape, model)
     generator = Generator(options.latent_dim, options.width, channels, resolution)
     discriminator = Discriminator(options.width, channels, resolution, norm=norm, pack=options.pack)
     return ModelBundle(
