@@ -60,10 +60,18 @@ class EmaConfig(_Strict):
 
     enabled: bool = Field(True, description="Keep an EMA copy of the sampling network.")
     decay: float = Field(0.999, gt=0, lt=1, description="The largest decay per step.")
-    warmup: bool = Field(
-        True,
-        description="Ramp the decay up as min(decay, (1 + step) / (10 + step)) so early averages follow the weights.",
+    warmup: Literal["none", "ratio", "power"] = Field(
+        "ratio",
+        description="Ramp the decay up so early averages follow the weights: ratio, min(decay, (1 + step) / (10 + step)); "
+        "power, min(decay, 1 - (1 + step) ** -power), common for diffusion; none.",
     )
+    power: float = Field(0.75, gt=0, description="The exponent of the power warm-up (3/4 reaches 0.999 near 10k steps).")
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        # Earlier configs said warmup: true / false.
+        return {True: "ratio", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(_Strict):

@@ -10,21 +10,28 @@ import torch
 class EMA:
     """Keeps ``averaged``, a copy of ``network`` whose parameters and float buffers trail it.
 
-    The decay at step ``t`` is ``min(decay, (1 + t) / (10 + t))`` when
-    ``warmup`` is on, so that early averages are not dominated by the random
-    initial weights. Float buffers (BatchNorm's running statistics) are
-    averaged the same way so that they match the averaged weights.
+    The decay at step ``t`` is at most ``decay``, ramped up by ``warmup`` so
+    that early averages are not dominated by the random initial weights:
+    ``"ratio"``, (1 + t) / (10 + t); ``"power"``, 1 - (1 + t) ** -power (with
+    the inverse gamma of 1 usual in diffusion training); ``"none"``.
+    Float buffers (BatchNorm's running statistics) are averaged the same way
+    so that they match the averaged weights.
     """
 
-    def __init__(self, network: torch.nn.Module, decay: float, warmup: bool = True) -> None:
+    def __init__(self, network: torch.nn.Module, decay: float, warmup: str = "ratio", power: float = 0.75) -> None:
+        if warmup not in ("none", "ratio", "power"):
+            raise ValueError(f"unknown EMA warm-up {warmup!r}")
         self.decay = decay
         self.warmup = warmup
+        self.power = power
         self.averaged = copy.deepcopy(network).eval().requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + step) / (10 + step))
+        if self.warmup == "ratio":
+            return min(self.decay, (1 + step) / (10 + step))
+        if self.warmup == "power":
+            return min(self.decay, 1 - (1 + step) ** -self.power)
+        return self.decay
 
     @torch.no_grad()
     def update(self, network: torch.nn.Module, step: int) -> None:

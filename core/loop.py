@@ -206,7 +206,8 @@ class Trainer:
             for phase in self.phases
         }
         sampling = self.networks[self.bundle.sampling_network]
-        self.ema = EMA(sampling, self.train.ema.decay, self.train.ema.warmup) if self.train.ema.enabled else None
+        ema = self.train.ema
+        self.ema = EMA(sampling, ema.decay, ema.warmup, ema.power) if ema.enabled else None
         noise_generator = torch.Generator().manual_seed(config.seed + 1)
         self.fixed_noise = components.sampler.noise(
             self.train.sample_count, tuple(self.bundle.noise_shape), generator=noise_generator
