@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = {
     "datasets": "aigc_kit.plugins.datasets",
     "mlp": "aigc_kit.plugins.mlp",
     "mixtures": "aigc_kit.plugins.mixtures",
+    "diffusion": "aigc_kit.plugins.diffusion",
     "onnx": "aigc_kit.exporters.onnx",
 }
 

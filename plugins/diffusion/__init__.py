@@ -1,0 +1,125 @@
+"""Diffusion as plugins: the ``unet`` denoiser, the ``diffusion`` loss (DDPM objective), the ``ddim`` and ``ddpm`` samplers.
+
+The noise schedule and prediction type are options of the model
+(``model.schedule``): the model hands them to the loss and the sampler of a
+run (``ModelBundle.shared_options``), so the three cannot disagree. The
+samplers also work on their own with any ``denoiser(x_t, t)``::
+
+    from aigc_kit.core.registry import create
+    sampler = create("sampler", "ddim", steps=50, eta=0.0, beta_schedule="linear",
+                     num_train_timesteps=1000, prediction_type="epsilon")
+    images = sampler.sample(denoiser, sampler.noise(16, (3, 32, 32)))
+"""
+
+from __future__ import annotations
+
+from aigc_kit.core.plugin_api import (
+    ComponentSpec,
+    ModelBundle,
+    OptimizerSettings,
+    hookimpl,
+    square_image_size,
+)
+
+from .options import (
+    DdimOptions,
+    DdpmOptions,
+    DiffusionLossOptions,
+    SamplerOptions,
+    ScheduleOptions,
+    UnetOptions,
+)
+
+
+def _schedule(options: ScheduleOptions):
+    from .schedule import NoiseSchedule
+
+    return NoiseSchedule.from_options(options)
+
+
+def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    from .unet import UNet
+
+    channels, resolution = square_image_size(options, data_shape, "unet")
+    levels = len(options.channel_multipliers)
+    if resolution >> (levels - 1) < 4:
+        from aigc_kit.core.errors import UserError
+
+        raise UserError(f"{levels} levels halve {resolution} pixels below 4", field="model.channel_multipliers",
+                        hint="use fewer levels for this resolution")
+    denoiser = UNet(channels, resolution, options.width, options.channel_multipliers, options.blocks_per_level,
+                    options.attention_resolutions, options.attention_heads, options.dropout, options.norm_groups)
+    return ModelBundle(
+        networks={"denoiser": denoiser},
+        sampling_network="denoiser",
+        noise_shape=(channels, resolution, resolution),
+        shared_options=options.schedule.model_dump(),
+    )
+
+
+def build_diffusion_loss(options: DiffusionLossOptions):
+    from .loss import DiffusionLoss
+
+    # DDPM's optimizer: Adam, learning rate 2e-4 (CIFAR-10), default betas.
+    return DiffusionLoss(_schedule(options), options.min_snr_gamma, OptimizerSettings("adam", lr=2e-4))
+
+
+def build_ddim(options: DdimOptions):
+    from .samplers import DDIMSampler
+
+    return DDIMSampler(_schedule(options), options.steps, options.eta, options.set_alpha_to_one,
+                       **_sampling(options))
+
+
+def build_ddpm(options: DdpmOptions):
+    from .samplers import DDPMSampler
+
+    return DDPMSampler(_schedule(options), options.steps, options.variance_type, **_sampling(options))
+
+
+def _sampling(options: SamplerOptions) -> dict:
+    return {"timestep_spacing": options.timestep_spacing, "steps_offset": options.steps_offset,
+            "clip_sample": options.clip_sample, "clip_sample_range": options.clip_sample_range}
+
+
+@hookimpl
+def aigc_register_models():
+    return [
+        ComponentSpec(
+            "unet",
+            build_unet,
+            "Time-conditioned UNet denoiser (residual blocks with GroupNorm and SiLU, self-attention, skip connections) "
+            "and its noise schedule.",
+            UnetOptions,
+        )
+    ]
+
+
+@hookimpl
+def aigc_register_losses():
+    return [
+        ComponentSpec(
+            "diffusion",
+            build_diffusion_loss,
+            "The DDPM objective: predict the noise, v or the clean sample at a random timestep; optional Min-SNR weighting.",
+            DiffusionLossOptions,
+        )
+    ]
+
+
+@hookimpl
+def aigc_register_samplers():
+    return [
+        ComponentSpec(
+            "ddim",
+            build_ddim,
+            "DDIM (Song et al. 2020, eq. 12): few-step sampling, deterministic at eta 0; also inverts samples to noise.",
+            DdimOptions,
+        ),
+        ComponentSpec(
+            "ddpm",
+            build_ddpm,
+            "DDPM ancestral sampling (Ho et al. 2020) over every training timestep or a strided subset.",
+            DdpmOptions,
+        ),
+    ]

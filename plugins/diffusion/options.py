@@ -1,0 +1,121 @@
+"""The options of the diffusion components (no torch here: ``aigc-kit plugins`` lists them cheaply)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aigc_kit.core.plugin_api import Options
+from pydantic import Field, model_validator
+
+BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+
+
+class ScheduleOptions(Options):
+    """The noise schedule and what the denoiser predicts: set once, in the model's section of a run config."""
+
+    beta_schedule: BetaSchedule = Field(
+        "linear",
+        description="linear: betas evenly spaced; scaled_linear: their square roots evenly spaced; "
+        "cosine: alpha-bar follows a squared cosine (Nichol & Dhariwal 2021, betas capped at 0.999).",
+    )
+    num_train_timesteps: int = Field(1000, ge=2, le=100_000, description="Diffusion steps T of the forward process.")
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="The first beta (linear and scaled_linear).")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="The last beta (linear and scaled_linear).")
+    prediction_type: PredictionType = Field(
+        "epsilon",
+        description="What the denoiser predicts: the noise (epsilon), v = sqrt(a) eps - sqrt(1 - a) x0 "
+        "(v_prediction), or the clean sample (sample).",
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> ScheduleOptions:
+        if self.beta_start > self.beta_end:
+            raise ValueError(f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end})")
+        return self
+
+
+class UnetOptions(Options):
+    """Options of the ``unet`` model; resolution and channels default to the data's."""
+
+    resolution: int | None = Field(None, description="Image side: 16, 32, 64 or 128 (default: the data's).")
+    channels: int | None = Field(None, description="Image channels, 1 or 3 (default: the data's).")
+    width: int = Field(64, gt=0, description="Channels of the first level; level i has width * channel_multipliers[i].")
+    channel_multipliers: tuple[int, ...] = Field(
+        (1, 2, 2), min_length=1, description="One multiplier per level; each level after the first halves the resolution."
+    )
+    blocks_per_level: int = Field(2, ge=1, description="Residual blocks per level on the way down (one more on the way up).")
+    attention_resolutions: tuple[int, ...] = Field(
+        (8,), description="Resolutions (feature-map sides) at which self-attention follows each residual block."
+    )
+    attention_heads: int = Field(1, ge=1, description="Heads of each self-attention layer.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the residual blocks.")
+    norm_groups: int = Field(32, ge=1, description="GroupNorm groups; every level's channels must divide by it.")
+    schedule: ScheduleOptions = Field(
+        default_factory=ScheduleOptions,
+        description="The noise schedule and prediction type, shared with the loss and the sampler.",
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> UnetOptions:
+        for multiplier in self.channel_multipliers:
+            channels = self.width * multiplier
+            if multiplier < 1 or channels % self.norm_groups or channels % self.attention_heads:
+                raise ValueError(
+                    f"width x multiplier = {channels} must be positive and divide by norm_groups "
+                    f"({self.norm_groups}) and attention_heads ({self.attention_heads})"
+                )
+        return self
+
+
+class DiffusionLossOptions(ScheduleOptions):
+    """Options of the ``diffusion`` loss: the schedule (given by the model in a run) and Min-SNR weighting."""
+
+    min_snr_gamma: float | None = Field(
+        None, gt=0, description="Weight each timestep's loss by min(SNR, gamma) (Hang et al. 2023; 5 is usual); off by default."
+    )
+
+
+class SamplerOptions(ScheduleOptions):
+    """What the diffusion samplers share: the schedule (given by the model in a run), the timesteps, clipping."""
+
+    timestep_spacing: TimestepSpacing = Field(
+        "trailing",
+        description="How the steps are spread over the training timesteps: leading (the DDIM paper's), "
+        "trailing (starts at the noisiest timestep; best with few steps) or linspace.",
+    )
+    steps_offset: int = Field(0, ge=0, description="Added to every timestep of the leading spacing.")
+    clip_sample: bool = Field(False, description="Clip each step's predicted x_0 to [-clip_sample_range, clip_sample_range].")
+    clip_sample_range: float = Field(1.0, gt=0, description="The clipping range of the predicted x_0.")
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> SamplerOptions:
+        steps = getattr(self, "steps", None) or self.num_train_timesteps
+        if steps > self.num_train_timesteps:
+            raise ValueError(f"steps ({steps}) cannot exceed num_train_timesteps ({self.num_train_timesteps})")
+        if self.timestep_spacing == "leading" and \
+                (steps - 1) * (self.num_train_timesteps // steps) + self.steps_offset >= self.num_train_timesteps:
+            raise ValueError("steps_offset pushes the leading timesteps past num_train_timesteps - 1")
+        return self
+
+
+class DdimOptions(SamplerOptions):
+    """Options of the ``ddim`` sampler."""
+
+    steps: int = Field(50, ge=1, description="Denoising steps (network evaluations) per sample.")
+    eta: float = Field(0.0, ge=0, le=1, description="Noise of each step: 0 deterministic (DDIM), 1 as much as DDPM.")
+    set_alpha_to_one: bool = Field(
+        True, description="The last step lands on alpha-bar 1 (a clean sample), as in the DDIM paper; else on alpha-bar_0."
+    )
+
+
+class DdpmOptions(SamplerOptions):
+    """Options of the ``ddpm`` sampler."""
+
+    steps: int | None = Field(
+        None, ge=1, description="Ancestral steps: every training timestep (default), or a subset with its variances recomputed."
+    )
+    variance_type: Literal["fixed_small", "fixed_large"] = Field(
+        "fixed_small", description="The step's variance: the posterior's (fixed_small) or beta (fixed_large), as in DDPM."
+    )

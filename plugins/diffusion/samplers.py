@@ -1,0 +1,166 @@
+"""The DDIM and DDPM samplers, and DDIM inversion.
+
+Both turn noise x_T into a sample with any ``denoiser(x_t, t)``: a callable
+taking a batch and a 1-D tensor of integer timesteps (one per sample) and
+returning the prediction its schedule's ``prediction_type`` names. Each step
+goes from a timestep t to the previous timestep p *of the sequence being
+sampled*, never to a fixed stride below t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .schedule import NoiseSchedule, sampling_timesteps
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DiffusionSampler:
+    """What DDIM and DDPM share: the prior noise, the timestep sequence and the denoiser call."""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
+                 steps_offset: int = 0, clip_sample: bool = False, clip_sample_range: float = 1.0) -> None:
+        self.schedule = schedule
+        self.steps = steps
+        self.timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, timestep_spacing, steps_offset)
+        self.clip_sample = clip_sample
+        self.clip_sample_range = clip_sample_range
+        self.final_timestep = -1
+        """Where the last step lands: -1 is the clean end of the process (alpha-bar 1)."""
+
+    def noise(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
+              device: torch.device | str | None = None) -> torch.Tensor:
+        """x_T ~ N(0, I): ``n`` samples of ``shape``."""
+        noise = torch.randn(n, *shape, generator=generator)
+        return noise.to(device) if device is not None else noise
+
+    def previous(self, index: int) -> int:
+        """The timestep after ``timesteps[index]`` in the sequence, or :attr:`final_timestep` after the last."""
+        if index + 1 < len(self.timesteps):
+            return self.timesteps[index + 1]
+        return self.final_timestep
+
+    def predict(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's x_0 (clipped if asked) and epsilon at ``x_t``, in ``x_t``'s dtype."""
+        timesteps = torch.full((x_t.shape[0],), timestep, dtype=torch.long, device=x_t.device)
+        prediction = denoiser(x_t, timesteps).to(x_t.dtype)
+        x0, epsilon = self.schedule.to_x0_and_epsilon(prediction, x_t, timestep)
+        if self.clip_sample:
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return x0, epsilon
+
+    def step_noise(self, like: torch.Tensor, index: int, generator: torch.Generator | None,
+                   step_noise: torch.Tensor | None) -> torch.Tensor:
+        """The fresh noise z of step ``index``: given, or drawn on the CPU (the same on every device)."""
+        if step_noise is not None:
+            return step_noise[index].to(like)
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+class DDIMSampler(DiffusionSampler):
+    """DDIM (Song et al. 2020): deterministic with ``eta`` 0, DDPM-like with ``eta`` 1."""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, set_alpha_to_one: bool = True,
+                 **kwargs) -> None:
+        super().__init__(schedule, steps, **kwargs)
+        self.eta = eta
+        # The DDIM paper's last step lands on alpha-bar 1; without it, on alpha-bar_0 (as some pipelines do).
+        self.final_timestep = -1 if set_alpha_to_one else 0
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
+               step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the steps from x_T = ``noise`` to the sample.
+
+        With ``eta`` > 0 each step adds fresh noise: drawn from ``generator``, or
+        taken from ``step_noise`` (shape ``(steps, *noise.shape)``) when given.
+        """
+        x = noise.float()
+        for index, timestep in enumerate(self.timesteps):
+            x0, epsilon = self.predict(denoiser, x, timestep)
+            x = self.step(x0, epsilon, timestep, self.previous(index), x,
+                          noise=None if self.eta == 0 else self.step_noise(x, index, generator, step_noise))
+        return x
+
+    def step(self, x0: torch.Tensor, epsilon: torch.Tensor, timestep: int, previous: int, x_t: torch.Tensor,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_p from x_t, DDIM eq. 12:
+
+        x_p = sqrt(a_p) x0 + sqrt(1 - a_p - sigma^2) eps + sigma z,
+        sigma = eta sqrt((1 - a_p) / (1 - a_t)) sqrt(1 - a_t / a_p)   (eq. 16).
+        """
+        alpha_bar = self.schedule.alpha_bar(timestep, x_t)
+        alpha_bar_previous = self.schedule.alpha_bar(previous, x_t)
+        sigma = self.eta * ((1 - alpha_bar_previous) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_previous)).sqrt()
+        direction = (1 - alpha_bar_previous - sigma**2).clamp(min=0).sqrt() * epsilon
+        x_previous = alpha_bar_previous.sqrt() * x0 + direction
+        if noise is not None:
+            x_previous = x_previous + sigma * noise
+        return x_previous
+
+    @torch.no_grad()
+    def invert(self, denoiser: Denoiser, sample: torch.Tensor, timesteps: Sequence[int] | None = None) -> torch.Tensor:
+        """DDIM inversion: the x_T from which sampling with ``eta`` 0 returns ``sample``.
+
+        Runs the deterministic update backwards (the ODE of DDIM section 4.3),
+        from the clean end up the same timestep sequence, evaluating the
+        denoiser at the current point and the next timestep.
+        """
+        timesteps = list(reversed(timesteps if timesteps is not None else self.timesteps))
+        x = sample.float()
+        current = self.final_timestep
+        for timestep in timesteps:
+            if timestep == current:
+                continue
+            epsilon = self.predict(denoiser, x, timestep)[1]
+            alpha_bar_current = self.schedule.alpha_bar(current, x)
+            x0 = (x - (1 - alpha_bar_current).sqrt() * epsilon) / alpha_bar_current.sqrt()
+            alpha_bar = self.schedule.alpha_bar(timestep, x)
+            x = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * epsilon
+            current = timestep
+        return x
+
+
+class DDPMSampler(DiffusionSampler):
+    """Ancestral sampling (DDPM, Ho et al. 2020), over every training timestep or a strided subset.
+
+    For a subset t_1 > ... > t_S, each step uses the betas of that subset,
+    beta'_t = 1 - a_t / a_p, so its posterior is the exact q(x_p | x_t, x_0)
+    of the process restricted to the subset (DDPM eq. 6 and 7 with beta').
+    """
+
+    def __init__(self, schedule: NoiseSchedule, steps: int | None = None, variance_type: str = "fixed_small",
+                 **kwargs) -> None:
+        super().__init__(schedule, steps or schedule.num_train_timesteps, **kwargs)
+        self.variance_type = variance_type
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
+               step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the ancestral steps from x_T = ``noise``; fresh noise from ``generator`` or ``step_noise``."""
+        x = noise.float()
+        for index, timestep in enumerate(self.timesteps):
+            x0, _ = self.predict(denoiser, x, timestep)
+            previous = self.previous(index)
+            mean, variance = self.posterior(x0, x, timestep, previous)
+            x = mean
+            if previous >= 0:  # the last step returns the posterior mean, x_0
+                x = mean + variance.sqrt() * self.step_noise(x, index, generator, step_noise)
+        return x
+
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, timestep: int,
+                  previous: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and variance of q(x_p | x_t, x_0) (DDPM eq. 7), with beta' = 1 - a_t / a_p."""
+        alpha_bar = self.schedule.alpha_bar(timestep, x_t)
+        alpha_bar_previous = self.schedule.alpha_bar(previous, x_t)
+        beta = 1 - alpha_bar / alpha_bar_previous
+        mean = (alpha_bar_previous.sqrt() * beta / (1 - alpha_bar)) * x0 \
+            + ((1 - beta).sqrt() * (1 - alpha_bar_previous) / (1 - alpha_bar)) * x_t
+        if self.variance_type == "fixed_large":
+            variance = beta
+        else:
+            variance = beta * (1 - alpha_bar_previous) / (1 - alpha_bar)
+        return mean, variance
