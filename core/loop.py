@@ -311,8 +311,11 @@ class Trainer:
     @torch.no_grad()
     def write_samples(self, step: int) -> Path:
         network = self.sampling_network()
+        # A fresh generator each time: a stochastic sampler (DDIM with eta > 0) draws the same step noise for
+        # every grid, so grids stay comparable, and training's random stream is left alone.
+        generator = torch.Generator().manual_seed(self.config.seed + 3)
         with evaluating(network):
-            samples = self.components.sampler.sample(network, self.fixed_noise)
+            samples = self.components.sampler.sample(network, self.fixed_noise, generator=generator)
         info = self.components.data.info
         path = self.run_dir / "samples" / f"step-{step:06d}.png"
         if info.preview == "scatter":
@@ -331,7 +334,7 @@ class Trainer:
             while remaining > 0:
                 count = min(batch_size, remaining)
                 noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
-                samples = self.components.sampler.sample(network, noise.to(self.device)).float()
+                samples = self.components.sampler.sample(network, noise.to(self.device), generator=generator).float()
                 for metric in self.components.metrics.values():
                     metric.update(samples)
                 remaining -= count

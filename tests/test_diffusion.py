@@ -188,3 +188,16 @@ def test_a_unet_trains_samples_with_ddim_from_its_ema_weights_and_checkpoints(bu
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000004"
     logs = outcome.train.last_logs
     assert set(logs) == {"denoiser/loss"} and 0 < logs["denoiser/loss"] < 10
+
+
+def test_sample_grids_of_a_stochastic_sampler_repeat_and_leave_trainings_random_stream_alone(builtin_registry, tmp_path):
+    from aigc_kit.core.loop import Trainer
+
+    loaded = parse_config(tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 1.0}), builtin_registry)
+    trainer = Trainer(build_components(loaded, builtin_registry), loaded.config, loaded.resolved(), tmp_path,
+                      torch.device("cpu"))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first, second = trainer.write_samples(1), trainer.write_samples(2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first.read_bytes() == second.read_bytes()
