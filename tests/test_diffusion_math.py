@@ -245,9 +245,9 @@ def test_ddim_with_eta_one_and_ddpm_on_the_same_subset_are_the_same_process():
 
 
 @pytest.mark.parametrize("make_sampler", [
-    lambda s: DDIMSampler(s, steps=1000, eta=0.0),
-    lambda s: DDIMSampler(s, steps=250, eta=1.0),
-    lambda s: DDPMSampler(s),
+    lambda s: DDIMSampler(s, steps=1000, eta=0.0, clip_sample=False),
+    lambda s: DDIMSampler(s, steps=250, eta=1.0, clip_sample=False),
+    lambda s: DDPMSampler(s, clip_sample=False),
 ], ids=["ddim-eta0-1000", "ddim-eta1-250", "ddpm-1000"])
 def test_samplers_with_the_ideal_denoiser_reproduce_a_gaussian_data_distribution(make_sampler):
     noise_schedule = schedule(prediction_type="v_prediction")
@@ -266,13 +266,26 @@ def test_ddim_inversion_round_trip_error_falls_with_more_steps():
     images = 0.7 + 0.5 * torch.randn(500, 8, generator=torch.Generator().manual_seed(3))
     errors = []
     for steps in (5, 10, 20, 50):
-        sampler = DDIMSampler(noise_schedule, steps=steps)
+        sampler = DDIMSampler(noise_schedule, steps=steps, clip_sample=False)
         encoded = sampler.invert(denoiser, images)
         errors.append((sampler.sample(denoiser, encoded) - images).pow(2).mean().sqrt().item())
     assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 0.2 * errors[0], errors
-    encoded = DDIMSampler(noise_schedule, steps=50).invert(denoiser, images)
+    encoded = DDIMSampler(noise_schedule, steps=50, clip_sample=False).invert(denoiser, images)
     assert encoded.std().item() == pytest.approx(1.0, abs=0.05)  # the encoding looks like the prior's noise
+
+
+@pytest.mark.parametrize("make_sampler", [lambda s, clip: DDIMSampler(s, 10, clip_sample=clip, clip_sample_range=0.5),
+                                          lambda s, clip: DDPMSampler(s, 10, clip_sample=clip, clip_sample_range=0.5)],
+                         ids=["ddim", "ddpm"])
+def test_clipping_bounds_the_predicted_x0_and_so_the_final_sample(make_sampler):
+    noise_schedule = schedule()
+    far_point = torch.full((1, 2), 3.0)
+    denoiser = point_mass_denoiser(noise_schedule, far_point)
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(make_sampler(noise_schedule, False).sample(denoiser, noise), far_point.expand(8, 2), atol=1e-3)
+    clipped = make_sampler(noise_schedule, True).sample(denoiser, noise, generator=torch.Generator().manual_seed(1))
+    assert clipped.abs().max().item() <= 0.5 + 1e-6
 
 
 def test_samplers_are_created_standalone_from_the_registry(builtin_registry: Registry):

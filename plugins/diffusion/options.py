@@ -86,7 +86,11 @@ class SamplerOptions(ScheduleOptions):
         "trailing (starts at the noisiest timestep; best with few steps) or linspace.",
     )
     steps_offset: int = Field(0, ge=0, description="Added to every timestep of the leading spacing.")
-    clip_sample: bool = Field(False, description="Clip each step's predicted x_0 to [-clip_sample_range, clip_sample_range].")
+    clip_sample: bool = Field(
+        True,
+        description="Clip each step's predicted x_0 to [-clip_sample_range, clip_sample_range] (images lie in [-1, 1]); "
+        "keeps an epsilon-predicting denoiser's large x_0 errors at the noisiest steps from compounding.",
+    )
     clip_sample_range: float = Field(1.0, gt=0, description="The clipping range of the predicted x_0.")
 
     @model_validator(mode="after")

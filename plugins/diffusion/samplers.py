@@ -22,7 +22,7 @@ class DiffusionSampler:
     """What DDIM and DDPM share: the prior noise, the timestep sequence and the denoiser call."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
-                 steps_offset: int = 0, clip_sample: bool = False, clip_sample_range: float = 1.0) -> None:
+                 steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0) -> None:
         self.schedule = schedule
         self.steps = steps
         self.timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, timestep_spacing, steps_offset)
