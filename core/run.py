@@ -81,7 +81,7 @@ def _with_shared_options(loaded: LoadedConfig, registry: Registry, section: str,
     for key, value in shared.items():
         if key in given and getattr(options, key) != value:
             raise UserError(
-                f"{section}.{key} contradicts the model, which fixes it for its loss and sampler",
+                "the model fixes this option for its loss and sampler, to a different value",
                 field=f"{section}.{key}",
                 expected=value,
                 given=given[key],
@@ -179,22 +179,31 @@ def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, comp
     return exporter.export(network, components.sampler, tuple(components.model.noise_shape), str(path), metadata)
 
 
-def export(source: str | Path, registry: Registry, *, format: str = "onnx", out: str | Path,
-           options: dict[str, Any] | None = None) -> Any:
-    """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them)."""
-    import torch
+@dataclass
+class TrainedRun:
+    """A run directory's or checkpoint's components, with the sampling network's trained weights loaded."""
 
+    loaded: LoadedConfig
+    components: Any
+    network: Any
+    checkpoint: Path
+
+
+def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, Any] | None = None) -> TrainedRun:
+    """Rebuild a run's components from its checkpoint's config and load the sampling network's weights.
+
+    ``source`` is a run directory (its latest checkpoint) or a checkpoint
+    folder. The EMA weights are used when the checkpoint has them.
+    ``changes`` replace top-level config sections (``export``, for example).
+    """
     from .checkpoint import load_checkpoint
-    from .device import evaluating
 
     checkpoint = load_checkpoint(source)
     if not checkpoint.config:
         raise UserError("the checkpoint has no config.yaml", file=str(checkpoint.path))
-    data = dict(checkpoint.config)
-    data["export"] = {"format": format, "file": str(out), **(options or {})}
-    data.setdefault("output", {})["overwrite"] = True
-    config_file = checkpoint.path / "config.yaml"
-    loaded = parse_config(data, registry, source=config_file)
+    data = {**checkpoint.config, **(changes or {})}
+    data["output"] = {**data.get("output", {}), "overwrite": True}
+    loaded = parse_config(data, registry, source=checkpoint.path / "config.yaml")
     components = build_components(loaded, registry)
     name = components.model.sampling_network
     network = components.model.networks[name]
@@ -208,6 +217,19 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
             f"the weights do not fit the model the config builds: {str(exc).splitlines()[0]}",
             file=str(checkpoint.path),
         ) from None
+    network.eval()
+    return TrainedRun(loaded=loaded, components=components, network=network, checkpoint=checkpoint.path)
+
+
+def export(source: str | Path, registry: Registry, *, format: str = "onnx", out: str | Path,
+           options: dict[str, Any] | None = None) -> Any:
+    """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them)."""
+    import torch
+
+    from .device import evaluating
+
+    trained = load_trained(source, registry,
+                           changes={"export": {"format": format, "file": str(out), **(options or {})}})
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), evaluating(network):
-        return _export_network(registry, loaded, network, components, Path(out))
+    with torch.no_grad(), evaluating(trained.network):
+        return _export_network(registry, trained.loaded, trained.network, trained.components, Path(out))
