@@ -15,7 +15,7 @@ SHORT = ["train.steps=2", "train.log_every=1", "train.sample_every=2", "train.ch
 
 
 def test_there_are_examples():
-    assert {p.name for p in EXAMPLES} >= {"dcgan-shapes.yaml", "wgan-gp-shapes.yaml", "wgan-gp-grid.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"dcgan-shapes.yaml", "wgan-gp-shapes.yaml", "wgan-gp-grid.yaml", "ddim-shapes.yaml"}
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
