@@ -66,21 +66,30 @@ class Group(click.Group):
             ctx.exit(130)
 
 
-def _is_known(exc: BaseException) -> bool:
-    from aigc_kit.core.errors import UserError, ValidationFailed
+def _interrupted(exc: BaseException, run_dir: Path) -> None:
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint: say how to resume, exit 128 + signal."""
+    from aigc_kit.core.interrupt import exit_status
 
-    return isinstance(exc, UserError | ValidationFailed) or type(exc).__name__ == "TrainingError"
+    click.echo(f"stopped by signal {exc.signal_number} after step {exc.step}; checkpoint: {exc.checkpoint}", err=True)
+    click.echo(f"resume with: aigc-kit resume {run_dir}", err=True)
+    raise click.exceptions.Exit(exit_status(exc.signal_number))
+
+
+def _is_known(exc: BaseException) -> bool:
+    from aigc_kit.core.errors import TrainingError, UserError, ValidationFailed
+
+    return isinstance(exc, UserError | ValidationFailed | TrainingError)
 
 
 def _describe_failure(exc: BaseException) -> tuple[int, str]:
-    from aigc_kit.core.errors import UserError, ValidationFailed
+    from aigc_kit.core.errors import TrainingError, UserError, ValidationFailed
 
     if isinstance(exc, UserError):
         return USER_ERROR, f"error: {exc}"
     if isinstance(exc, ValidationFailed):
         report = json.dumps(exc.report, indent=2, default=str)
         return FAILURE, f"export failed validation: {exc}\nreport: {report}"
-    if type(exc).__name__ == "TrainingError":
+    if isinstance(exc, TrainingError):
         return FAILURE, f"training stopped: {exc}"
     return FAILURE, f"internal error: {type(exc).__name__}: {exc}"
 
@@ -98,6 +107,7 @@ def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...], strict_plugin
 
     \b
     aigc-kit run examples/dcgan-shapes.yaml     train, sample, checkpoint, export
+    aigc-kit resume runs/NAME                   continue a stopped run exactly
     aigc-kit validate CONFIG.yaml               check a config without training
     aigc-kit plugins                            what is installed and what it offers
     aigc-kit export runs/NAME --out model.onnx  export a trained run
@@ -114,16 +124,45 @@ OVERRIDE = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE"
 @OVERRIDE
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
               help="The run directory (default: output.dir/output.name from the config).")
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
 @click.pass_obj
-def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | None) -> None:
+def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | None, resume: bool) -> None:
     """Train as CONFIG says; write samples, checkpoints, metrics and (if asked) an ONNX model."""
-    from aigc_kit.core.run import run as run_config
+    from aigc_kit.core.config import load_config
+    from aigc_kit.core.loop import Interrupted
+    from aigc_kit.core.run import run_directory, run_loaded
 
-    outcome = run_config(config, state.registry(), overrides=list(overrides), output=output)
+    loaded = load_config(config, state.registry(), list(overrides))
+    try:
+        outcome = run_loaded(loaded, state.registry(), output=output, resume=resume)
+    except Interrupted as exc:
+        _interrupted(exc, run_directory(loaded, output))
+    _echo_outcome(outcome)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@OVERRIDE
+@click.pass_obj
+def resume(state: State, run_dir: Path, overrides: tuple[str, ...]) -> None:
+    """Continue the run in RUN_DIR from its latest checkpoint, with its own config (e.g. --set train.steps=N)."""
+    from aigc_kit.core.loop import Interrupted
+    from aigc_kit.core.run import resume as resume_run
+
+    try:
+        outcome = resume_run(run_dir, state.registry(), overrides=list(overrides))
+    except Interrupted as exc:
+        _interrupted(exc, run_dir)
+    _echo_outcome(outcome)
+
+
+def _echo_outcome(outcome: Any) -> None:
     result = outcome.train
     click.echo(f"run directory: {outcome.run_dir}")
-    rate = result.steps / result.seconds if result.seconds else float("nan")
-    click.echo(f"  trained {result.steps} steps in {result.seconds:.1f} s ({rate:.2f} steps/s)")
+    trained = result.steps - result.resumed_from
+    rate = trained / result.seconds if result.seconds else float("nan")
+    resumed = f", resumed after step {result.resumed_from}" if result.resumed_from else ""
+    click.echo(f"  trained {trained} steps in {result.seconds:.1f} s ({rate:.2f} steps/s{resumed})")
     if result.samples:
         click.echo(f"  last samples: {result.samples[-1]}")
     if result.checkpoint:

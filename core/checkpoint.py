@@ -14,6 +14,7 @@ pointing at a complete checkpoint.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -28,7 +29,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import TrainingError, UserError
 
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
@@ -66,6 +67,8 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint for ``step`` atomically, point ``latest`` at it and prune old ones."""
     folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".step-*"):  # staging folders of a process killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     final = folder / step_name(step)
     staging = Path(tempfile.mkdtemp(prefix=f".{step_name(step)}.", dir=folder))
     try:
@@ -80,12 +83,21 @@ def save_checkpoint(
         for file in staging.iterdir():
             _fsync_file(file)
         _fsync_dir(staging)
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # moved aside first, so no name ever points at a half-deleted checkpoint
+            replaced = final.with_name(f".{final.name}.replaced")
+            os.replace(final, replaced)
+            shutil.rmtree(replaced)
         os.replace(staging, final)
         _fsync_dir(folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            previous = folder / LATEST
+            kept = previous.read_text().strip() if previous.is_file() else "none yet"
+            raise TrainingError(
+                f"no space left on the device while writing the checkpoint of step {step} in {folder}; "
+                f"the previous checkpoint ({kept}) is intact. Free some space and resume the run"
+            ) from None
         raise
     _write_atomically(folder / LATEST, final.name + "\n")
     _prune(folder, keep, protect=final.name)

@@ -106,6 +106,11 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, gt=0, description="Compute the eval metrics every this many steps (and at the end).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What to evaluate.")
     keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A non-finite loss or gradient stops the run (the last checkpoint stays intact), or skips that "
+        "update and counts it in metrics.jsonl as skipped_updates.",
+    )
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     progress: bool = Field(True, description="Show a progress bar.")
 

@@ -132,3 +132,7 @@ class ValidationFailed(Exception):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a full disk); the last checkpoint is left intact."""

@@ -26,19 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from . import checkpoint as checkpoints
 from .config import OptimizerConfig, RunConfig, fingerprint
+from .data import BatchStream
 from .device import autocast, evaluating, make_grad_scaler
 from .ema import EMA
-from .errors import UserError, did_you_mean
+from .interrupt import stop_signals
+from .errors import TrainingError, UserError, did_you_mean
 from .pictures import save_grid, save_scatter
 from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, say); the last checkpoint is left intact."""
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training after a step; a checkpoint of that step was written."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by signal {signal_number} after step {step}")
+        self.signal_number, self.step, self.checkpoint = signal_number, step, checkpoint
 
 
 @dataclass
@@ -62,6 +67,8 @@ class TrainResult:
     last_logs: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    resumed_from: int = 0
+    """The checkpoint's step when the run was resumed (0 for a fresh run)."""
 
 
 def check_components(components: Components, config: RunConfig) -> None:
@@ -109,7 +116,12 @@ class PhaseOptimizer:
         self.grad_clip = grad_clip
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(lr_decay, total_steps))
 
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor) -> bool:
+        """Back-propagate ``loss`` and step; ``False`` (and no step) when the gradients are not finite.
+
+        With fp16's gradient scaler, overflowing steps are the scaler's to skip
+        (it lowers its scale and tries again), so they are not reported here.
+        """
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -120,11 +132,18 @@ class PhaseOptimizer:
             self.scaler.update()
         else:
             loss.backward()
+            gradients = [p.grad for p in self.parameters if p.grad is not None]
             if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm(gradients)
+            if not torch.isfinite(norm).item():
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
             self.optimizer.step()
         if self.phase.after_step is not None:
             self.phase.after_step(self.bundle)
+        return True
 
 
 def lr_factor(decay: str, total_steps: int):
@@ -157,26 +176,6 @@ def merge_optimizer(proposed: OptimizerSettings, override: OptimizerConfig | Non
         return proposed
     changes = {key: value for key, value in override.model_dump().items() if value is not None}
     return OptimizerSettings(**{**proposed.__dict__, **changes})
-
-
-def collate(samples: Any) -> Any:
-    """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor."""
-    if isinstance(samples, torch.Tensor):
-        return samples
-    return torch.utils.data.default_collate(samples)
-
-
-def endless_batches(loader: DataLoader, device: torch.device, start_epoch: int = 0) -> Iterator[torch.Tensor]:
-    """Yield batches forever, reshuffling each epoch; datasets may yield tensors or (tensor, label) pairs."""
-    epoch = start_epoch
-    while True:
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            if isinstance(batch, list | tuple):
-                batch = batch[0]
-            yield batch.to(device, non_blocking=True)
-        epoch += 1
 
 
 class Trainer:
@@ -214,47 +213,79 @@ class Trainer:
         ).to(device)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
+        self._averages = _Averages()
+        self.skipped_steps = 0
 
     # -- the loop ------------------------------------------------------------
 
-    def fit(self) -> TrainResult:
-        """Train for ``train.steps`` steps, writing metrics, samples and checkpoints at their intervals."""
+    def fit(self, resume: checkpoints.Checkpoint | None = None) -> TrainResult:
+        """Train up to ``train.steps``, writing metrics, samples and checkpoints at their intervals.
+
+        With ``resume``, first restore everything the checkpoint holds and continue
+        after its step exactly as if the run had not stopped. SIGINT or SIGTERM
+        finish the current step, write a checkpoint and raise :class:`Interrupted`.
+        """
         train = self.train
-        batches = endless_batches(self._loader(), self.device)
-        result = TrainResult(steps=0, checkpoint=None)
-        averages = _Averages()
+        start, position = self.restore(resume) if resume is not None else (0, None)
+        batches = self._batches(position)
+        result = TrainResult(steps=start, checkpoint=resume.path if resume is not None else None, resumed_from=start)
+        averages = self._averages
         started = interval_start = time.perf_counter()
-        progress = _progress(train.steps, enabled=train.progress)
+        progress = _progress(train.steps, enabled=train.progress, initial=start)
         try:
-            for step in range(1, train.steps + 1):
-                self._step(step, batches, averages)
-                progress.update(1)
-                if step % train.log_every == 0 or step == train.steps:
-                    now = time.perf_counter()
-                    steps_done = (step - 1) % train.log_every + 1
-                    logs = averages.pop()
-                    self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
-                              seconds=now - started)
-                    progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
-                                          if k.endswith("/loss")}, refresh=False)
-                    result.last_logs = logs
-                    interval_start = now
-                if train.eval_every and self.components.metrics and (
-                        step % train.eval_every == 0 or step == train.steps):
-                    result.last_eval = self.evaluate(step)
-                if step % train.sample_every == 0 or step == train.steps:
-                    result.samples.append(self.write_samples(step))
-                if step % train.checkpoint_every == 0 or step == train.steps:
-                    result.checkpoint = self.write_checkpoint(step)
+            with stop_signals() as stop:
+                for step in range(start + 1, train.steps + 1):
+                    self._step(step, batches, averages)
+                    progress.update(1)
+                    result.steps = step
+                    if step % train.log_every == 0 or step == train.steps:
+                        now = time.perf_counter()
+                        steps_done = (step - 1) % train.log_every + 1
+                        logs = averages.pop()
+                        self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
+                                  seconds=now - started)
+                        progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
+                                              if k.endswith("/loss")}, refresh=False)
+                        result.last_logs = logs
+                        interval_start = now
+                    if train.eval_every and self.components.metrics and (
+                            step % train.eval_every == 0 or step == train.steps):
+                        result.last_eval = self.evaluate(step)
+                    if step % train.sample_every == 0 or step == train.steps:
+                        result.samples.append(self.write_samples(step))
+                    if step % train.checkpoint_every == 0 or step == train.steps or stop.signal:
+                        result.checkpoint = self.write_checkpoint(step, batches.position())
+                    if stop.signal:
+                        raise Interrupted(stop.signal, step, result.checkpoint)
         finally:
             progress.close()
             for network in self.networks.values():
                 network.requires_grad_(True)
-        result.steps = train.steps
         result.seconds = time.perf_counter() - started
         return result
 
-    def _loader(self) -> DataLoader:
+    def restore(self, checkpoint: checkpoints.Checkpoint) -> tuple[int, dict[str, int] | None]:
+        """Load a checkpoint's weights, EMA, optimizers, schedules, scaler, RNG and log window; return (step, data position)."""
+        state = checkpoint.state
+        for name, network in self.networks.items():
+            if name not in checkpoint.networks:
+                raise UserError(f"the checkpoint holds no weights for the network {name!r}", file=str(checkpoint.path))
+            network.load_state_dict(checkpoint.networks[name])
+        if self.ema is not None:
+            averaged = checkpoint.ema.get(self.bundle.sampling_network)
+            self.ema.averaged.load_state_dict(averaged if averaged is not None
+                                              else self.networks[self.bundle.sampling_network].state_dict())
+        for name, optimizer in self.optimizers.items():
+            optimizer.optimizer.load_state_dict(state["optimizers"][name])
+            optimizer.schedule.load_state_dict(state["schedules"][name])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoints.set_rng_state(state["rng"])
+        self._averages.load(state.get("log_window", {}))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        return checkpoint.step, state.get("data")
+
+    def _batches(self, position: dict[str, int] | None) -> BatchStream:
         dataset = self.components.data.dataset
         if len(dataset) < self.train.batch_size:
             raise UserError(
@@ -263,17 +294,9 @@ class Trainer:
                 given=self.train.batch_size,
                 hint="use a smaller batch or more data",
             )
-        return DataLoader(
-            dataset,
-            batch_size=self.train.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=self.train.data_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=self.train.data_workers > 0,
-            generator=torch.Generator().manual_seed(self.config.seed),
-            collate_fn=collate,
-        )
+        return BatchStream(dataset, self.train.batch_size, self.config.seed, self.device,
+                           workers=self.train.data_workers, position=position,
+                           pin_memory=self.device.type == "cuda")
 
     def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
         """One training step: every phase of the loss, each repeated as it asks, then the EMA update."""
@@ -286,16 +309,26 @@ class Trainer:
                 with autocast(self.train.precision, self.device):
                     loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
                 if not torch.isfinite(loss.detach()).item():
-                    raise TrainingError(
-                        f"the {phase.name} phase's loss is {loss.item()} at step {step}; "
-                        "stopped (the last checkpoint, if any, is intact)"
-                    )
-                self.optimizers[phase.name].step(loss)
+                    self._not_finite(step, phase, f"loss is {loss.item()}")
+                    continue
+                if not self.optimizers[phase.name].step(loss):
+                    self._not_finite(step, phase, "gradient is not finite")
+                    continue
                 averages.add(phase.name, {"loss": loss.detach(), **logs})
         for optimizer in self.optimizers.values():
             optimizer.schedule.step()
         if self.ema is not None:
             self.ema.update(self.networks[self.bundle.sampling_network], step)
+
+    def _not_finite(self, step: int, phase: Phase, what: str) -> None:
+        """Skip the phase's update and count it (``train.nonfinite: skip``), or stop the run."""
+        if self.train.nonfinite == "skip":
+            self.skipped_steps += 1
+            return
+        raise TrainingError(
+            f"the {phase.name} phase's {what} at step {step}; stopped, leaving the last checkpoint intact. "
+            "Lower the learning rate, set train.grad_clip, or set train.nonfinite=skip to skip such updates"
+        )
 
     def _only_train(self, phase: Phase) -> None:
         """Let gradients flow into the phase's networks only (the others are inputs to its loss)."""
@@ -343,8 +376,11 @@ class Trainer:
         self._log(step, values)
         return values
 
-    def write_checkpoint(self, step: int) -> Path:
+    def write_checkpoint(self, step: int, data_position: dict[str, int] | None = None) -> Path:
         state = {
+            "data": data_position or {"epoch": 0, "consumed": 0},
+            "log_window": self._averages.state(),
+            "skipped_steps": self.skipped_steps,
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
@@ -360,6 +396,8 @@ class Trainer:
     def _log(self, step: int, logs: dict[str, float], **extra: float) -> None:
         record = {"step": step, **{k: round(v, 6) if math.isfinite(v) else v for k, v in logs.items()},
                   **{k: round(v, 4) for k, v in extra.items()}}
+        if self.skipped_steps:
+            record["skipped_updates"] = self.skipped_steps
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -377,6 +415,14 @@ class _Averages:
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
             self.counts[name] = self.counts.get(name, 0) + 1
 
+    def state(self) -> dict[str, dict[str, float]]:
+        """The window so far (saved in checkpoints, so a resumed run logs the same averages)."""
+        return {"sums": dict(self.sums), "counts": {k: float(v) for k, v in self.counts.items()}}
+
+    def load(self, state: dict[str, dict[str, float]]) -> None:
+        self.sums = dict(state.get("sums", {}))
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
     def pop(self) -> dict[str, float]:
         means = {name: total / self.counts[name] for name, total in self.sums.items()}
         self.sums.clear()
@@ -390,10 +436,10 @@ class _NoProgress:
     def close(self) -> None: ...
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def _progress(total: int, enabled: bool, initial: int = 0) -> Any:
     if not enabled:
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
                 disable=None if not sys.stderr.isatty() else False)

@@ -111,48 +111,124 @@ def _errors_about(loaded: LoadedConfig) -> Iterator[None]:
         raise
 
 
+RESUMABLE_CHANGES = (
+    "device", "output", "export", "train.steps", "train.log_every", "train.sample_every", "train.sample_count",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval", "train.progress",
+    "train.data_workers", "train.nonfinite",
+)
+"""Config fields a resumed run may change: they do not alter what the steps so far computed."""
+
+
 def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | None = None,
-        output: str | Path | None = None) -> RunOutcome:
-    """Train as the config file says, write the run directory and export if the config asks."""
+        output: str | Path | None = None, resume: bool = False) -> RunOutcome:
+    """Train as the config file says, write the run directory and export if the config asks.
+
+    With ``resume``, continue the run in the run directory from its latest checkpoint.
+    """
     loaded = load_config(config_path, registry, overrides)
-    return run_loaded(loaded, registry, output=output)
+    return run_loaded(loaded, registry, output=output, resume=resume)
 
 
-def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None) -> RunOutcome:
+def resume(run_dir: str | Path, registry: Registry, *, overrides: list[str] | None = None) -> RunOutcome:
+    """Continue the run in ``run_dir`` from its latest checkpoint, with its own config (``aigc-kit resume``)."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise UserError("expected a run directory with a config.yaml", file=str(run_dir),
+                        hint="pass the folder `aigc-kit run` wrote, e.g. runs/NAME")
+    return run(config_path, registry, overrides=overrides, output=run_dir, resume=True)
+
+
+def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None,
+               resume: bool = False) -> RunOutcome:
     """Train from an already validated config (see :func:`run`)."""
     with _errors_about(loaded):
-        return _train(loaded, registry, output)
+        return _train(loaded, registry, output, resume)
 
 
-def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None) -> RunOutcome:
+def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool) -> RunOutcome:
+    from .checkpoint import load_checkpoint
     from .device import check_precision, seed_everything, select_device
     from .loop import Trainer
 
     config = loaded.config
     run_dir = run_directory(loaded, output)
-    if (run_dir / "checkpoints").exists() and not config.output.overwrite:
+    has_run = (run_dir / "checkpoints").exists()
+    if has_run and not resume and not config.output.overwrite:
         raise UserError(
             "the run directory already holds a run",
             file=str(run_dir),
-            hint="choose another with --output DIR, or replace it with --set output.overwrite=true",
+            hint="continue it with --resume, choose another with --output DIR, "
+                 "or replace it with --set output.overwrite=true",
         )
+    if resume and not has_run:
+        raise UserError("there is no run to resume here (no checkpoints/)", file=str(run_dir),
+                        hint="start it without --resume")
     device = select_device(config.device)
     check_precision(config.train.precision, device)
     seed_everything(config.seed)
     components = build_components(loaded, registry)
     resolved = loaded.resolved()
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        check_resumable(checkpoint.config, resolved, checkpoint.path)
+        if checkpoint.step >= config.train.steps:
+            raise UserError(f"the run already reached step {checkpoint.step}", field="train.steps",
+                            given=config.train.steps, hint="raise train.steps to train further")
     trainer = Trainer(components, config, resolved, run_dir, device)  # checks the components; writes nothing
-    if run_dir.exists():
+    if checkpoint is not None:
+        _forget_after(run_dir / "metrics.jsonl", checkpoint.step)
+    elif run_dir.exists():
         _clear_previous_run(run_dir, config.export.file if config.export else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    result = trainer.fit()
+    result = trainer.fit(resume=checkpoint)
     report = None
     if config.export is not None:
         report = _export_network(
             registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
         )
     return RunOutcome(run_dir=run_dir, train=result, export=report)
+
+
+def check_resumable(saved: dict[str, Any], resolved: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume with a config that changes what the run computes; name every difference."""
+    differences = [
+        f"{path}: {before!r} -> {after!r}"
+        for path, before, after in _differences(saved, resolved)
+        if not any(path == allowed or path.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
+    ]
+    if differences:
+        raise UserError(
+            "the config differs from the checkpoint's in what the run computes: " + "; ".join(differences),
+            file=str(checkpoint / "config.yaml"),
+            hint="resume with the run's own config (aigc-kit resume RUN_DIR), or start a new run; "
+                 "only steps, intervals, logging, workers, device, output and export may change",
+        )
+
+
+def _differences(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        found = []
+        for key in sorted(set(before) | set(after), key=str):
+            found += _differences(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))
+        return found
+    return [] if before == after else [(path, before, after)]
+
+
+def _forget_after(metrics: Path, step: int) -> None:
+    """Drop the metrics.jsonl records written after ``step`` (a resumed run writes them again)."""
+    import json
+
+    if not metrics.is_file():
+        return
+    kept = []
+    for line in metrics.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+            continue
+    metrics.write_text("".join(line + "\n" for line in kept))
 
 
 def _clear_previous_run(run_dir: Path, export_file: str | None) -> None:

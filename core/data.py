@@ -1,0 +1,105 @@
+"""Batches in an order that depends only on the seed, the epoch and the position, so a run can resume exactly.
+
+Each epoch's order is a permutation drawn from ``(seed, epoch)`` alone. The
+stream's position (the epoch, and how many samples of its permutation all
+processes together have used) goes into every checkpoint; a resumed run skips
+those samples without loading them, and continues with the same batches an
+uninterrupted run would have seen, with any number of processes.
+
+A dataset's own randomness (augmentations) must come from the sample's index,
+as the built-in datasets' does, for a resumed run to see the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch ``epoch``: the same in every process and every run with this seed."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class EpochSampler(Sampler[int]):
+    """This process's indices of one epoch's permutation, from ``skip`` samples in.
+
+    With ``world_size`` processes, process ``rank`` takes every ``world_size``-th
+    index of what remains, so the processes together consume the permutation in
+    order, ``world_size * batch_size`` samples per step.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, skip: int = 0, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1) -> None:
+        remaining = epoch_permutation(size, seed, epoch)[skip:]
+        per_step = world_size * batch_size
+        usable = len(remaining) // per_step * per_step  # drop the last partial step, as drop_last does
+        self.indices = remaining[:usable][rank::world_size].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def collate(samples: Any) -> Any:
+    """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor."""
+    if isinstance(samples, torch.Tensor):
+        return samples
+    return torch.utils.data.default_collate(samples)
+
+
+class BatchStream:
+    """Endless batches on ``device``, epoch after epoch, that know their position.
+
+    ``position()`` is ``{"epoch": e, "consumed": n}``: ``n`` samples of epoch
+    ``e``'s permutation have been used by all processes together. A stream
+    built with that position continues exactly where the other left off.
+    Datasets may yield tensors or ``(tensor, label)`` pairs; labels are dropped.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, device: torch.device, *, workers: int = 0,
+                 rank: int = 0, world_size: int = 1, position: dict[str, int] | None = None,
+                 pin_memory: bool = False) -> None:
+        self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.workers, self.rank, self.world_size, self.pin_memory = workers, rank, world_size, pin_memory
+        position = position or {"epoch": 0, "consumed": 0}
+        self.epoch, self.consumed = int(position["epoch"]), int(position["consumed"])
+        self._iterator: Iterator[Any] | None = None
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        per_step = self.batch_size * self.world_size
+        if self.consumed + per_step > len(self.dataset):  # this epoch's permutation is used up
+            self.epoch, self.consumed, self._iterator = self.epoch + 1, 0, None
+        if self._iterator is None:
+            self._iterator = iter(self._loader())
+        batch = next(self._iterator)
+        self.consumed += per_step
+        if isinstance(batch, list | tuple):
+            batch = batch[0]
+        return batch.to(self.device, non_blocking=self.pin_memory)
+
+    def _loader(self) -> DataLoader:
+        sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.consumed, self.rank, self.world_size,
+                               self.batch_size)
+        # Worker seeds follow the epoch too (a fresh pool per epoch; persistent workers would carry state over).
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1),
+            collate_fn=collate,
+        )
