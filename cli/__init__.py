@@ -125,9 +125,21 @@ OVERRIDE = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE"
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
               help="The run directory (default: output.dir/output.name from the config).")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its latest checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N data-parallel processes on this machine (launches torchrun).")
 @click.pass_obj
-def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | None, resume: bool) -> None:
-    """Train as CONFIG says; write samples, checkpoints, metrics and (if asked) an ONNX model."""
+def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | None, resume: bool,
+        nproc: int) -> None:
+    """Train as CONFIG says; write samples, checkpoints, metrics and (if asked) an ONNX model.
+
+    \b
+    On several GPUs or machines, start it with torchrun, for example
+    torchrun --nproc_per_node=4 -m aigc_kit.cli run CONFIG
+    (`--nproc 4` does the same on one machine).
+    """
+    if nproc > 1:
+        _launch(state, nproc, ["run", str(config), *_repeat("--set", overrides),
+                               *(["--output", str(output)] if output else []), *(["--resume"] if resume else [])])
     from aigc_kit.core.config import load_config
     from aigc_kit.core.loop import Interrupted
     from aigc_kit.core.run import run_directory, run_loaded
@@ -156,7 +168,29 @@ def resume(state: State, run_dir: Path, overrides: tuple[str, ...]) -> None:
     _echo_outcome(outcome)
 
 
+def _repeat(option: str, values: tuple[str, ...]) -> list[str]:
+    return [part for value in values for part in (option, value)]
+
+
+def _launch(state: State, nproc: int, command: list[str]) -> None:
+    """Run ``aigc-kit COMMAND`` in ``nproc`` processes with torchrun, and exit with its status."""
+    import os
+    import subprocess
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.UsageError("--nproc cannot be used inside a torchrun job (it already has processes)")
+    options = [*(["--debug"] if state.debug else []), *_repeat("--plugin", state.plugins),
+               *(["--strict-plugins"] if state.strict else [])]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "aigc_kit.cli", *options, *command]
+    raise click.exceptions.Exit(subprocess.call(launcher))
+
+
 def _echo_outcome(outcome: Any) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # in a torchrun job, process 0 reports
+        return
     result = outcome.train
     click.echo(f"run directory: {outcome.run_dir}")
     trained = result.steps - result.resumed_from

@@ -106,6 +106,9 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, gt=0, description="Compute the eval metrics every this many steps (and at the end).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What to evaluate.")
     keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
+    sync_batchnorm: bool = Field(
+        False, description="With several processes, BatchNorm uses the statistics of the whole batch across them."
+    )
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
         description="A non-finite loss or gradient stops the run (the last checkpoint stays intact), or skips that "

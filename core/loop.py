@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from . import checkpoint as checkpoints
+from . import distributed
 from .config import OptimizerConfig, RunConfig, fingerprint
 from .data import BatchStream
-from .device import autocast, evaluating, make_grad_scaler
+from .device import autocast, evaluating, make_grad_scaler, seed_everything
 from .ema import EMA
 from .interrupt import stop_signals
 from .errors import TrainingError, UserError, did_you_mean
@@ -107,7 +108,7 @@ class PhaseOptimizer:
 
     def __init__(self, phase: Phase, bundle: ModelBundle, settings: OptimizerSettings,
                  scaler: torch.amp.GradScaler | None, grad_clip: float | None,
-                 lr_decay: str = "none", total_steps: int = 1) -> None:
+                 lr_decay: str = "none", total_steps: int = 1, world_size: int = 1) -> None:
         self.phase = phase
         self.bundle = bundle
         self.parameters = [p for name in phase.trains for p in bundle.networks[name].parameters()]
@@ -115,6 +116,7 @@ class PhaseOptimizer:
         self.scaler = scaler
         self.grad_clip = grad_clip
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(lr_decay, total_steps))
+        self.world_size = world_size
 
     def step(self, loss: torch.Tensor) -> bool:
         """Back-propagate ``loss`` and step; ``False`` (and no step) when the gradients are not finite.
@@ -125,6 +127,7 @@ class PhaseOptimizer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self._average_gradients()
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
@@ -132,6 +135,7 @@ class PhaseOptimizer:
             self.scaler.update()
         else:
             loss.backward()
+            self._average_gradients()
             gradients = [p.grad for p in self.parameters if p.grad is not None]
             if self.grad_clip is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
@@ -144,6 +148,10 @@ class PhaseOptimizer:
         if self.phase.after_step is not None:
             self.phase.after_step(self.bundle)
         return True
+
+    def _average_gradients(self) -> None:
+        if self.world_size > 1:
+            distributed.average_gradients(self.parameters, self.world_size)
 
 
 def lr_factor(decay: str, total_steps: int):
@@ -182,7 +190,8 @@ class Trainer:
     """Trains the components of one run and writes its run directory."""
 
     def __init__(self, components: Components, config: RunConfig, resolved_config: dict[str, Any],
-                 run_dir: Path, device: torch.device) -> None:
+                 run_dir: Path, device: torch.device,
+                 processes: distributed.Distributed = distributed.Distributed()) -> None:
         self.components = components
         self.config = config
         self.train = config.train
@@ -193,14 +202,20 @@ class Trainer:
         self.networks: dict[str, torch.nn.Module] = self.bundle.networks
         self.phases: list[Phase] = list(components.loss.phases)
         check_components(components, config)
+        self.processes = processes
+        if processes.enabled and self.train.sync_batchnorm:
+            for name in list(self.networks):
+                self.networks[name] = distributed.convert_batchnorm(self.networks[name])
         for network in self.networks.values():
             network.to(device).train()
+        if processes.enabled:
+            distributed.broadcast_state(list(self.networks.values()))
         self.scaler = make_grad_scaler(self.train.precision, device)
         self.optimizers = {
             phase.name: PhaseOptimizer(
                 phase, self.bundle,
                 merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
-                self.scaler, self.train.grad_clip, self.train.lr_decay, self.train.steps,
+                self.scaler, self.train.grad_clip, self.train.lr_decay, self.train.steps, processes.world_size,
             )
             for phase in self.phases
         }
@@ -238,25 +253,31 @@ class Trainer:
                     self._step(step, batches, averages)
                     progress.update(1)
                     result.steps = step
+                    stopping = stop.signal
+                    if self.processes.enabled:  # every process stops after the same step
+                        stopping = distributed.any_process(stopping, self.device)
+                    main = self.processes.is_main
                     if step % train.log_every == 0 or step == train.steps:
                         now = time.perf_counter()
                         steps_done = (step - 1) % train.log_every + 1
                         logs = averages.pop()
+                        if self.processes.enabled:
+                            logs = distributed.mean_over_processes(logs, self.device)
                         self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
                                   seconds=now - started)
                         progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
                                               if k.endswith("/loss")}, refresh=False)
                         result.last_logs = logs
                         interval_start = now
-                    if train.eval_every and self.components.metrics and (
+                    if main and train.eval_every and self.components.metrics and (
                             step % train.eval_every == 0 or step == train.steps):
                         result.last_eval = self.evaluate(step)
-                    if step % train.sample_every == 0 or step == train.steps:
+                    if main and (step % train.sample_every == 0 or step == train.steps):
                         result.samples.append(self.write_samples(step))
-                    if step % train.checkpoint_every == 0 or step == train.steps or stop.signal:
+                    if step % train.checkpoint_every == 0 or step == train.steps or stopping:
                         result.checkpoint = self.write_checkpoint(step, batches.position())
-                    if stop.signal:
-                        raise Interrupted(stop.signal, step, result.checkpoint)
+                    if stopping:
+                        raise Interrupted(stopping, step, result.checkpoint)
         finally:
             progress.close()
             for network in self.networks.values():
@@ -280,22 +301,23 @@ class Trainer:
             optimizer.schedule.load_state_dict(state["schedules"][name])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        checkpoints.set_rng_state(state["rng"])
+        self._restore_rng(state, checkpoint.step)
         self._averages.load(state.get("log_window", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         return checkpoint.step, state.get("data")
 
     def _batches(self, position: dict[str, int] | None) -> BatchStream:
         dataset = self.components.data.dataset
-        if len(dataset) < self.train.batch_size:
+        if len(dataset) < self.train.batch_size * self.processes.world_size:
             raise UserError(
-                f"the dataset has {len(dataset)} samples, fewer than one batch",
+                f"the dataset has {len(dataset)} samples, fewer than one batch in each process",
                 field="train.batch_size",
                 given=self.train.batch_size,
                 hint="use a smaller batch or more data",
             )
         return BatchStream(dataset, self.train.batch_size, self.config.seed, self.device,
                            workers=self.train.data_workers, position=position,
+                           rank=self.processes.rank, world_size=self.processes.world_size,
                            pin_memory=self.device.type == "cuda")
 
     def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
@@ -308,7 +330,10 @@ class Trainer:
                     batch = next(batches)
                 with autocast(self.train.precision, self.device):
                     loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
-                if not torch.isfinite(loss.detach()).item():
+                finite = torch.isfinite(loss.detach()).item()
+                if self.processes.enabled:  # all processes skip or stop together
+                    finite = distributed.all_agree(finite, self.device)
+                if not finite:
                     self._not_finite(step, phase, f"loss is {loss.item()}")
                     continue
                 if not self.optimizers[phase.name].step(loss):
@@ -319,6 +344,14 @@ class Trainer:
             optimizer.schedule.step()
         if self.ema is not None:
             self.ema.update(self.networks[self.bundle.sampling_network], step)
+
+    def _restore_rng(self, state: dict[str, Any], step: int) -> None:
+        """Each process takes back its own random state; with another process count, fresh ones per process."""
+        saved = state.get("rng_by_process") or [state["rng"]]
+        if len(saved) == self.processes.world_size:
+            checkpoints.set_rng_state(saved[self.processes.rank])
+        else:
+            seed_everything(self.config.seed + 1_000_003 * self.processes.rank + step)
 
     def _not_finite(self, step: int, phase: Phase, what: str) -> None:
         """Skip the phase's update and count it (``train.nonfinite: skip``), or stop the run."""
@@ -377,14 +410,21 @@ class Trainer:
         return values
 
     def write_checkpoint(self, step: int, data_position: dict[str, int] | None = None) -> Path:
+        """Write the checkpoint of ``step`` (process 0 writes; every process must call this)."""
+        rng = checkpoints.rng_state()
+        rng_by_process = distributed.gather(rng) if self.processes.enabled else [rng]
+        path = self.run_dir / "checkpoints" / checkpoints.step_name(step)
+        if not self.processes.is_main:
+            return path
         state = {
+            "rng_by_process": rng_by_process,
             "data": data_position or {"epoch": 0, "consumed": 0},
             "log_window": self._averages.state(),
             "skipped_steps": self.skipped_steps,
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": checkpoints.rng_state(),
+            "rng": rng,
             "config_fingerprint": self.config_fingerprint,
         }
         ema = {self.bundle.sampling_network: self.ema.averaged} if self.ema is not None else {}
@@ -394,6 +434,8 @@ class Trainer:
         )
 
     def _log(self, step: int, logs: dict[str, float], **extra: float) -> None:
+        if not self.processes.is_main:
+            return
         record = {"step": step, **{k: round(v, 6) if math.isfinite(v) else v for k, v in logs.items()},
                   **{k: round(v, 4) for k, v in extra.items()}}
         if self.skipped_steps:

@@ -146,6 +146,7 @@ def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path |
 
 
 def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool) -> RunOutcome:
+    from . import distributed
     from .checkpoint import load_checkpoint
     from .device import check_precision, seed_everything, select_device
     from .loop import Trainer
@@ -164,8 +165,10 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
         raise UserError("there is no run to resume here (no checkpoints/)", file=str(run_dir),
                         hint="start it without --resume")
     device = select_device(config.device)
+    processes = distributed.from_environment(device)
+    device = processes.device(device)
     check_precision(config.train.precision, device)
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same initial weights in every process
     components = build_components(loaded, registry)
     resolved = loaded.resolved()
     checkpoint = load_checkpoint(run_dir) if resume else None
@@ -174,16 +177,19 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
         if checkpoint.step >= config.train.steps:
             raise UserError(f"the run already reached step {checkpoint.step}", field="train.steps",
                             given=config.train.steps, hint="raise train.steps to train further")
-    trainer = Trainer(components, config, resolved, run_dir, device)  # checks the components; writes nothing
-    if checkpoint is not None:
-        _forget_after(run_dir / "metrics.jsonl", checkpoint.step)
-    elif run_dir.exists():
-        _clear_previous_run(run_dir, config.export.file if config.export else None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    trainer = Trainer(components, config, resolved, run_dir, device, processes)  # checks; writes nothing
+    if processes.rank:  # each process draws its own noise from here on
+        seed_everything(config.seed + 1_000_003 * processes.rank)
+    if processes.is_main:
+        if checkpoint is not None:
+            _forget_after(run_dir / "metrics.jsonl", checkpoint.step)
+        elif run_dir.exists():
+            _clear_previous_run(run_dir, config.export.file if config.export else None)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     result = trainer.fit(resume=checkpoint)
     report = None
-    if config.export is not None:
+    if config.export is not None and processes.is_main:
         report = _export_network(
             registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
         )
