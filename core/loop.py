@@ -33,8 +33,8 @@ from .config import OptimizerConfig, RunConfig, fingerprint
 from .data import BatchStream
 from .device import autocast, evaluating, make_grad_scaler, seed_everything
 from .ema import EMA
-from .interrupt import stop_signals
 from .errors import TrainingError, UserError, did_you_mean
+from .interrupt import stop_signals
 from .pictures import save_grid, save_scatter
 from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase
 

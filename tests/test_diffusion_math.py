@@ -12,6 +12,9 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from aigc_kit.core.registry import Registry
 from aigc_kit.plugins.diffusion.samplers import DDIMSampler, DDPMSampler
 from aigc_kit.plugins.diffusion.schedule import (
@@ -20,8 +23,6 @@ from aigc_kit.plugins.diffusion.schedule import (
     betas_for,
     sampling_timesteps,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

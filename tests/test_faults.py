@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import random
 import signal
 import subprocess
@@ -19,7 +18,6 @@ from safetensors.torch import load_file
 from aigc_kit.cli import cli
 from aigc_kit.core import checkpoint as checkpoints
 from aigc_kit.core.checkpoint import load_checkpoint
-from aigc_kit.core.errors import TrainingError
 from aigc_kit.core.run import run
 
 from .conftest import tiny_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from aigc_kit.core.plugin_api import ModelBundle, OptimizerSettings, Phase
 
 from .schedule import NoiseSchedule

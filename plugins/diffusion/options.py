@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from aigc_kit.core.plugin_api import Options
 from pydantic import Field, model_validator
+
+from aigc_kit.core.plugin_api import Options
 
 BetaSchedule = Literal["linear", "scaled_linear", "cosine"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
