@@ -96,6 +96,10 @@ class TrainConfig(_Strict):
     )
     ema: EmaConfig = Field(default_factory=EmaConfig, description="EMA of the sampling network.")
     grad_clip: float | None = Field(None, gt=0, description="Clip each phase's gradient norm to this value.")
+    accumulate: int = Field(
+        1, ge=1, description="Gradient accumulation: each update averages this many batches' gradients "
+        "(an effective batch of batch_size x accumulate x processes)."
+    )
     lr_decay: Literal["none", "linear", "cosine"] = Field(
         "none", description="Decay every phase's learning rate to 0 over the run (linear: as WGAN-GP's CIFAR runs)."
     )
@@ -106,6 +110,14 @@ class TrainConfig(_Strict):
     eval_every: int | None = Field(None, gt=0, description="Compute the eval metrics every this many steps (and at the end).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What to evaluate.")
     keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
+    channels_last: bool = Field(
+        False, description="Keep image networks and batches in channels-last memory order (faster convolutions on "
+        "recent GPUs with mixed precision)."
+    )
+    compile: bool = Field(False, description="Compile the networks with torch.compile (a slower start, faster steps).")
+    cudnn_benchmark: bool = Field(
+        False, description="Let cuDNN time its convolution algorithms for the run's shapes (CUDA only)."
+    )
     sync_batchnorm: bool = Field(
         False, description="With several processes, BatchNorm uses the statistics of the whole batch across them."
     )

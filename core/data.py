@@ -64,9 +64,10 @@ class BatchStream:
 
     def __init__(self, dataset: Any, batch_size: int, seed: int, device: torch.device, *, workers: int = 0,
                  rank: int = 0, world_size: int = 1, position: dict[str, int] | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, channels_last: bool = False) -> None:
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
         self.workers, self.rank, self.world_size, self.pin_memory = workers, rank, world_size, pin_memory
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         position = position or {"epoch": 0, "consumed": 0}
         self.epoch, self.consumed = int(position["epoch"]), int(position["consumed"])
         self._iterator: Iterator[Any] | None = None
@@ -87,7 +88,8 @@ class BatchStream:
         self.consumed += per_step
         if isinstance(batch, list | tuple):
             batch = batch[0]
-        return batch.to(self.device, non_blocking=self.pin_memory)
+        batch = batch.to(self.device, non_blocking=self.pin_memory)  # pinned memory: the copy overlaps compute
+        return batch.contiguous(memory_format=self.memory_format) if batch.dim() == 4 else batch
 
     def _loader(self) -> DataLoader:
         sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.consumed, self.rank, self.world_size,

@@ -8,8 +8,10 @@ loop keeps one optimizer per phase over the networks that phase trains::
     for step in range(start, steps):
         for phase in loss.phases:
             for _ in range(phase.repeat):
-                loss_value, logs = loss.compute(phase, next(batches), bundle, step)
-                optimizers[phase.name].step(loss_value)
+                for _ in range(train.accumulate):
+                    loss_value, logs = loss.compute(phase, next(batches), bundle, step)
+                    optimizers[phase.name].backward(loss_value / train.accumulate)
+                optimizers[phase.name].step()   # averaged over processes, clipped, checked finite
         ema.update(sampling network)
         at intervals: metrics.jsonl, sample picture, checkpoint
 """
@@ -118,24 +120,26 @@ class PhaseOptimizer:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(lr_decay, total_steps))
         self.world_size = world_size
 
-    def step(self, loss: torch.Tensor) -> bool:
-        """Back-propagate ``loss`` and step; ``False`` (and no step) when the gradients are not finite.
+    def backward(self, loss: torch.Tensor, first: bool) -> None:
+        """Add ``loss``'s gradients (a new update starts at ``first``; later micro-batches accumulate)."""
+        if first:
+            self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self) -> bool:
+        """Apply the accumulated gradients; ``False`` (and no update) when they are not finite.
 
         With fp16's gradient scaler, overflowing steps are the scaler's to skip
         (it lowers its scale and tries again), so they are not reported here.
         """
-        self.optimizer.zero_grad(set_to_none=True)
+        self._average_gradients()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self._average_gradients()
             if self.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            self._average_gradients()
             gradients = [p.grad for p in self.parameters if p.grad is not None]
             if self.grad_clip is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
@@ -219,9 +223,15 @@ class Trainer:
             )
             for phase in self.phases
         }
+        if self.train.channels_last:
+            for network in self.networks.values():
+                network.to(memory_format=torch.channels_last)
         sampling = self.networks[self.bundle.sampling_network]
         ema = self.train.ema
         self.ema = EMA(sampling, ema.decay, ema.warmup, ema.power) if ema.enabled else None
+        if self.train.compile:  # in place, after the EMA copy: parameter names (and checkpoints) stay the same
+            for network in self.networks.values():
+                network.compile()
         noise_generator = torch.Generator().manual_seed(config.seed + 1)
         self.fixed_noise = components.sampler.noise(
             self.train.sample_count, tuple(self.bundle.noise_shape), generator=noise_generator
@@ -318,28 +328,31 @@ class Trainer:
         return BatchStream(dataset, self.train.batch_size, self.config.seed, self.device,
                            workers=self.train.data_workers, position=position,
                            rank=self.processes.rank, world_size=self.processes.world_size,
-                           pin_memory=self.device.type == "cuda")
+                           pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last)
 
     def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
         """One training step: every phase of the loss, each repeated as it asks, then the EMA update."""
         batch = None
         for phase in self.phases:
             self._only_train(phase)
+            optimizer = self.optimizers[phase.name]
             for _ in range(phase.repeat):
-                if phase.uses_data or batch is None:
-                    batch = next(batches)
-                with autocast(self.train.precision, self.device):
-                    loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
-                finite = torch.isfinite(loss.detach()).item()
-                if self.processes.enabled:  # all processes skip or stop together
-                    finite = distributed.all_agree(finite, self.device)
-                if not finite:
-                    self._not_finite(step, phase, f"loss is {loss.item()}")
-                    continue
-                if not self.optimizers[phase.name].step(loss):
-                    self._not_finite(step, phase, "gradient is not finite")
-                    continue
-                averages.add(phase.name, {"loss": loss.detach(), **logs})
+                for micro in range(self.train.accumulate):
+                    if phase.uses_data or batch is None:
+                        batch = next(batches)
+                    with autocast(self.train.precision, self.device):
+                        loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
+                    finite = torch.isfinite(loss.detach()).item()
+                    if self.processes.enabled:  # all processes skip or stop together
+                        finite = distributed.all_agree(finite, self.device)
+                    if not finite:
+                        self._not_finite(step, phase, f"loss is {loss.item()}")
+                        break
+                    optimizer.backward(loss / self.train.accumulate, first=micro == 0)
+                    averages.add(phase.name, {"loss": loss.detach(), **logs})
+                else:
+                    if not optimizer.step():
+                        self._not_finite(step, phase, "gradient is not finite")
         for optimizer in self.optimizers.values():
             optimizer.schedule.step()
         if self.ema is not None:

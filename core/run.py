@@ -167,6 +167,10 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
     device = select_device(config.device)
     processes = distributed.from_environment(device)
     device = processes.device(device)
+    if device.type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
     check_precision(config.train.precision, device)
     seed_everything(config.seed)  # the same initial weights in every process
     components = build_components(loaded, registry)

@@ -61,3 +61,31 @@ def test_same_seed_gives_the_same_run(tmp_path, write_config, builtin_registry):
     first = run(path, builtin_registry, output=tmp_path / "a").train.last_logs
     second = run(path, builtin_registry, output=tmp_path / "b").train.last_logs
     assert first == second
+
+
+def test_channels_last_trains_the_same_weights_as_the_default_layout(builtin_registry, write_config, tmp_path):
+    from safetensors.torch import load_file
+
+    path = write_config(tiny_config())
+    default = run(path, builtin_registry, output=tmp_path / "default").train.checkpoint
+    channels_last = run(path, builtin_registry, output=tmp_path / "channels-last",
+                        overrides=["train.channels_last=true"]).train.checkpoint
+    one, two = load_file(default / "weights.safetensors"), load_file(channels_last / "weights.safetensors")
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+
+
+def _compiler_available() -> bool:
+    import shutil
+
+    return shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+@pytest.mark.skipif(not _compiler_available(), reason="torch.compile's CPU backend needs a C compiler (none found)")
+def test_compile_option_trains_and_checkpoints_under_the_usual_names(builtin_registry, write_config, tmp_path):
+    from safetensors.torch import load_file
+
+    config = tiny_config()
+    config["train"]["compile"] = True
+    outcome = run(write_config(config), builtin_registry, output=tmp_path / "run")
+    names = load_file(outcome.train.checkpoint / "weights.safetensors").keys()
+    assert names and not any("_orig_mod" in name for name in names)

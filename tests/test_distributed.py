@@ -135,3 +135,15 @@ def test_sync_batchnorm_in_one_process_is_plain_batchnorm():
     assert isinstance(synced[1], SyncBatchNorm)
     x = torch.randn(5, 2, 3, 3)
     assert torch.allclose(plain(x), synced(x))
+
+
+def test_accumulating_two_batches_of_b_updates_like_one_batch_of_2b(tmp_path):
+    single = CliRunner().invoke(cli, ["run", str(write_run(tmp_path, "single", 8, False, False)),
+                                      "--output", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    path = write_run(tmp_path, "accumulated", 4, False, False)
+    accumulated = CliRunner().invoke(cli, ["run", str(path), "--output", str(tmp_path / "accumulated"),
+                                           "--set", "train.accumulate=2"])
+    assert accumulated.exit_code == 0, accumulated.output
+    one, two = weights(tmp_path / "single", 2), weights(tmp_path / "accumulated", 2)
+    assert all(torch.allclose(one[key], two[key], atol=1e-6) for key in one)
