@@ -289,6 +289,17 @@ def test_clipping_bounds_the_predicted_x0_and_so_the_final_sample(make_sampler):
     assert clipped.abs().max().item() <= 0.5 + 1e-6
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_clipping_recomputes_epsilon_so_the_pair_still_reconstructs_x_t(prediction_type):
+    noise_schedule = schedule(prediction_type=prediction_type)
+    sampler = DDIMSampler(noise_schedule, 10, clip_sample=True, clip_sample_range=1.0)
+    x_t = 3 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    x0, epsilon = sampler.predict(lambda x, t: 2 * x, x_t, 700)  # a denoiser whose x_0 often leaves [-1, 1]
+    assert x0.abs().max() <= 1.0 and (x0.abs() == 1.0).any()
+    a = noise_schedule.alpha_bar(700, x_t)
+    assert torch.allclose(a.sqrt() * x0 + (1 - a).sqrt() * epsilon, x_t, atol=1e-5)
+
+
 def test_samplers_are_created_standalone_from_the_registry(builtin_registry: Registry):
     sampler = builtin_registry.create("sampler", "ddim", steps=12, eta=0.0, beta_schedule="cosine",
                                       num_train_timesteps=500, prediction_type="sample")

@@ -89,8 +89,8 @@ class SamplerOptions(ScheduleOptions):
     steps_offset: int = Field(0, ge=0, description="Added to every timestep of the leading spacing.")
     clip_sample: bool = Field(
         True,
-        description="Clip each step's predicted x_0 to [-clip_sample_range, clip_sample_range] (images lie in [-1, 1]); "
-        "keeps an epsilon-predicting denoiser's large x_0 errors at the noisiest steps from compounding.",
+        description="Clip each step's predicted x_0 to [-clip_sample_range, clip_sample_range] (images lie in [-1, 1]) "
+        "and recompute epsilon from it; keeps an epsilon denoiser's large x_0 errors at the noisiest steps in check.",
     )
     clip_sample_range: float = Field(1.0, gt=0, description="The clipping range of the predicted x_0.")
 

@@ -44,12 +44,19 @@ class DiffusionSampler:
         return self.final_timestep
 
     def predict(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoiser's x_0 (clipped if asked) and epsilon at ``x_t``, in ``x_t``'s dtype."""
+        """The denoiser's x_0 and epsilon at ``x_t``, in ``x_t``'s dtype.
+
+        With ``clip_sample``, x_0 is clipped and epsilon recomputed from it, so that
+        x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) epsilon still holds: pairing a clipped
+        x_0 with the unclipped epsilon shifts every DDIM step off its trajectory,
+        and the more steps, the further (measured in docs/diffusion.md).
+        """
         timesteps = torch.full((x_t.shape[0],), timestep, dtype=torch.long, device=x_t.device)
         prediction = denoiser(x_t, timesteps).to(x_t.dtype)
         x0, epsilon = self.schedule.to_x0_and_epsilon(prediction, x_t, timestep)
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+            epsilon = self.schedule.to_x0_and_epsilon(x0, x_t, timestep, prediction_type="sample")[1]
         return x0, epsilon
 
     def step_noise(self, like: torch.Tensor, index: int, generator: torch.Generator | None,

@@ -90,14 +90,15 @@ class NoiseSchedule:
         alpha_bar = self.alpha_bar(timesteps, x0)
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
-    def to_x0_and_epsilon(self, prediction: torch.Tensor, x_t: torch.Tensor,
-                          timesteps: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The x_0 and epsilon a prediction at ``x_t`` implies, for this schedule's prediction type."""
+    def to_x0_and_epsilon(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor | int,
+                          prediction_type: PredictionType | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The x_0 and epsilon a prediction at ``x_t`` implies, for this schedule's prediction type (or the given one)."""
         alpha_bar = self.alpha_bar(timesteps, x_t)
         signal, noise_level = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-        if self.prediction_type == "epsilon":
+        prediction_type = prediction_type or self.prediction_type
+        if prediction_type == "epsilon":
             return (x_t - noise_level * prediction) / signal, prediction
-        if self.prediction_type == "sample":
+        if prediction_type == "sample":
             return prediction, (x_t - signal * prediction) / noise_level
         return signal * x_t - noise_level * prediction, signal * prediction + noise_level * x_t
 
