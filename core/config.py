@@ -128,6 +128,10 @@ class TrainConfig(_Strict):
     )
     data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     progress: bool = Field(True, description="Show a progress bar.")
+    tensorboard: bool = Field(
+        False, description="Also log the metrics and sample pictures for TensorBoard, in RUN_DIR/tensorboard "
+        "(needs the tensorboard extra: pip install 'aigc-kit[tensorboard]')."
+    )
 
 
 class OutputConfig(_Strict):

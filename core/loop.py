@@ -240,6 +240,9 @@ class Trainer:
         self.config_fingerprint = fingerprint(resolved_config)
         self._averages = _Averages()
         self.skipped_steps = 0
+        self.tensorboard: Any = None  # a SummaryWriter while fit() runs, with train.tensorboard
+        if self.train.tensorboard:
+            _summary_writer_class()  # fail now, not after the first steps, when the package is missing
 
     # -- the loop ------------------------------------------------------------
 
@@ -257,6 +260,8 @@ class Trainer:
         averages = self._averages
         started = interval_start = time.perf_counter()
         progress = _progress(train.steps, enabled=train.progress, initial=start)
+        if train.tensorboard and self.processes.is_main:
+            self.tensorboard = _summary_writer_class()(str(self.run_dir / "tensorboard"))
         try:
             with stop_signals() as stop:
                 for step in range(start + 1, train.steps + 1):
@@ -290,6 +295,9 @@ class Trainer:
                         raise Interrupted(stopping, step, result.checkpoint)
         finally:
             progress.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
             for network in self.networks.values():
                 network.requires_grad_(True)
         result.seconds = time.perf_counter() - started
@@ -401,6 +409,12 @@ class Trainer:
             save_scatter(samples, path, info.value_range, landmarks=info.landmarks)
         else:
             save_grid(samples, path, info.value_range)
+        if self.tensorboard is not None:
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as picture:
+                self.tensorboard.add_image("samples", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
         return path
 
     @torch.no_grad()
@@ -453,6 +467,10 @@ class Trainer:
                   **{k: round(v, 4) for k, v in extra.items()}}
         if self.skipped_steps:
             record["skipped_updates"] = self.skipped_steps
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(key, value, step)
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -483,6 +501,15 @@ class _Averages:
         self.sums.clear()
         self.counts.clear()
         return means
+
+
+def _summary_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("TensorBoard logging needs the tensorboard package", field="train.tensorboard",
+                        hint="pip install 'aigc-kit[tensorboard]', or set train.tensorboard=false") from None
+    return SummaryWriter
 
 
 class _NoProgress:

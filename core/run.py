@@ -114,7 +114,7 @@ def _errors_about(loaded: LoadedConfig) -> Iterator[None]:
 RESUMABLE_CHANGES = (
     "device", "output", "export", "train.steps", "train.log_every", "train.sample_every", "train.sample_count",
     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval", "train.progress",
-    "train.data_workers", "train.nonfinite",
+    "train.data_workers", "train.nonfinite", "train.tensorboard",
 )
 """Config fields a resumed run may change: they do not alter what the steps so far computed."""
 
@@ -245,7 +245,7 @@ def _clear_previous_run(run_dir: Path, export_file: str | None) -> None:
     """Remove what an earlier run wrote (only reached when output.overwrite is set)."""
     import shutil
 
-    for folder in ("checkpoints", "samples"):
+    for folder in ("checkpoints", "samples", "tensorboard"):
         shutil.rmtree(run_dir / folder, ignore_errors=True)
     for name in ("metrics.jsonl", "config.yaml", export_file):
         if name and (run_dir / name).is_file():

@@ -152,3 +152,18 @@ def test_learning_rates_decay_over_the_run(tmp_path, write_config, builtin_regis
     halfway = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-000002").state
     expected = {"none": 1.0, "linear": 0.5, "cosine": 0.5}[decay]
     assert halfway["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * expected)
+
+
+def test_tensorboard_gets_the_logged_scalars_and_the_sample_pictures(builtin_registry, write_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config()
+    config["train"]["tensorboard"] = True
+    run(write_config(config), builtin_registry, output=tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"discriminator/loss", "generator/loss", "steps_per_second"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("generator/loss")] == [2, 4]
+    logged = [json.loads(line)["generator/loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [event.value for event in events.Scalars("generator/loss")] == pytest.approx(logged, rel=1e-5)
+    assert [event.step for event in events.Images("samples")] == [2, 4]
