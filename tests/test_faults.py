@@ -26,8 +26,13 @@ from .conftest import tiny_config
 def killable_config() -> dict:
     config = tiny_config()
     config["data"]["size"] = 48
-    config["train"].update(steps=40, checkpoint_every=1, log_every=1, sample_every=1000, keep_checkpoints=2)
+    config["train"].update(steps=80, checkpoint_every=1, log_every=1, sample_every=1000, keep_checkpoints=2)
     return config
+
+
+def latest_step(run_dir) -> int:
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.read_text().strip().removeprefix("step-")) if latest.exists() else 0
 
 
 def test_a_run_killed_at_random_moments_always_leaves_a_loadable_checkpoint_and_resumes_exactly(
@@ -38,29 +43,30 @@ def test_a_run_killed_at_random_moments_always_leaves_a_loadable_checkpoint_and_
     command = [sys.executable, "-m", "aigc_kit.cli"]
     killed_dir = tmp_path / "killed"
     moments = random.Random(2026)
-    kills = 0
-    while kills < 4:
-        started_before = (killed_dir / "checkpoints" / "latest").exists()
-        args = ["resume", str(killed_dir)] if started_before else ["run", str(path), "--output", str(killed_dir)]
+    for _ in range(4):
+        before = latest_step(killed_dir)
+        args = ["resume", str(killed_dir)] if before else ["run", str(path), "--output", str(killed_dir)]
         process = subprocess.Popen(command + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(moments.uniform(2.5, 6.0))  # start-up (importing torch) takes about 2 s
+        deadline = time.monotonic() + 120
+        while latest_step(killed_dir) <= before and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # until this process has trained and checkpointed a step
+        time.sleep(moments.uniform(0.0, 0.4))  # then kill at a random moment: mid-step, mid-write, anywhere
         if process.poll() is not None:
-            pytest.fail(f"the run finished before it could be killed: {process.stderr.read().decode()[-500:]}")
+            pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-500:]}")
         process.send_signal(signal.SIGKILL)
         process.wait()
-        kills += 1
-        if (killed_dir / "checkpoints" / "latest").exists():
-            checkpoint = load_checkpoint(killed_dir)  # complete, whatever moment the kill came at
-            assert checkpoint.networks and checkpoint.state["step"] >= 1
+        checkpoint = load_checkpoint(killed_dir)  # complete, whatever moment the kill came at
+        assert checkpoint.networks and checkpoint.step >= before
+    assert latest_step(killed_dir) < 80
     result = subprocess.run(command + ["resume", str(killed_dir)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list((killed_dir / "checkpoints").glob(".step-*"))
 
-    whole = load_file(tmp_path / "whole" / "checkpoints" / "step-000040" / "weights.safetensors")
-    killed = load_file(killed_dir / "checkpoints" / "step-000040" / "weights.safetensors")
+    whole = load_file(tmp_path / "whole" / "checkpoints" / "step-000080" / "weights.safetensors")
+    killed = load_file(killed_dir / "checkpoints" / "step-000080" / "weights.safetensors")
     assert all(torch.equal(whole[key], killed[key]) for key in whole)
     steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 81))
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_so(
