@@ -58,6 +58,13 @@ def from_environment(device: torch.device) -> Distributed:
     return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def shutdown(processes: Distributed) -> None:
+    """Wait for every process (process 0 may still be writing), then leave the process group cleanly."""
+    if processes.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
     """Replace each gradient by its mean over the processes (one all-reduce for all of them)."""
     gradients = [p.grad for p in parameters if p.grad is not None]

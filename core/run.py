@@ -191,7 +191,10 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
             _clear_previous_run(run_dir, config.export.file if config.export else None)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    result = trainer.fit(resume=checkpoint)
+    try:
+        result = trainer.fit(resume=checkpoint)
+    finally:
+        distributed.shutdown(processes)
     report = None
     if config.export is not None and processes.is_main:
         report = _export_network(
