@@ -104,6 +104,8 @@ def from_validation_error(
             hint = did_you_mean(str(first["loc"][-1]), allowed)
     elif kind == "missing":
         message = "this field is required"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
     more = len(problems) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''} in this section)"

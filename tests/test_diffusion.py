@@ -69,7 +69,16 @@ def test_unet_options_refuse_channels_that_groupnorm_cannot_split(builtin_regist
     config["model"]["norm_groups"] = 3
     with pytest.raises(UserError) as error:
         check(write_config(config), builtin_registry)
-    assert error.value.field == "model" and "norm_groups" in str(error.value)
+    assert error.value.field == "model.norm_groups" and "here 8" in str(error.value)
+
+
+def test_sampler_steps_beyond_the_models_training_timesteps_are_refused_on_the_steps_field(builtin_registry,
+                                                                                           write_config):
+    config = tiny_unet_config(sampler={"name": "ddim", "steps": 300})
+    config["model"]["schedule"] = {"num_train_timesteps": 200}
+    with pytest.raises(UserError) as error:
+        check(write_config(config), builtin_registry)
+    assert error.value.field == "sampler.steps" and "at most num_train_timesteps (200)" in str(error.value)
 
 
 # -- the loss -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from aigc_kit.core.plugin_api import Options
 
@@ -58,16 +58,16 @@ class UnetOptions(Options):
         description="The noise schedule and prediction type, shared with the loss and the sampler.",
     )
 
-    @model_validator(mode="after")
-    def _fits(self) -> UnetOptions:
-        for multiplier in self.channel_multipliers:
-            channels = self.width * multiplier
-            if multiplier < 1 or channels % self.norm_groups or channels % self.attention_heads:
-                raise ValueError(
-                    f"width x multiplier = {channels} must be positive and divide by norm_groups "
-                    f"({self.norm_groups}) and attention_heads ({self.attention_heads})"
-                )
-        return self
+    @field_validator("norm_groups")
+    @classmethod
+    def _divides_every_level(cls, groups: int, info: ValidationInfo) -> int:
+        width, heads = info.data.get("width"), info.data.get("attention_heads")
+        for multiplier in info.data.get("channel_multipliers") or ():
+            channels = width * multiplier if width else None
+            if channels is not None and (multiplier < 1 or channels % groups or (heads and channels % heads)):
+                raise ValueError(f"every level's channels (width x multiplier, here {channels}) must be positive "
+                                 f"and divide by norm_groups ({groups}) and attention_heads ({heads})")
+        return groups
 
 
 class DiffusionLossOptions(ScheduleOptions):
@@ -94,11 +94,17 @@ class SamplerOptions(ScheduleOptions):
     )
     clip_sample_range: float = Field(1.0, gt=0, description="The clipping range of the predicted x_0.")
 
+    @field_validator("steps", check_fields=False)
+    @classmethod
+    def _at_most_the_training_timesteps(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        total = info.data.get("num_train_timesteps")
+        if steps is not None and total is not None and steps > total:
+            raise ValueError(f"expected at most num_train_timesteps ({total}) steps")
+        return steps
+
     @model_validator(mode="after")
-    def _steps_fit(self) -> SamplerOptions:
+    def _offset_fits(self) -> SamplerOptions:
         steps = getattr(self, "steps", None) or self.num_train_timesteps
-        if steps > self.num_train_timesteps:
-            raise ValueError(f"steps ({steps}) cannot exceed num_train_timesteps ({self.num_train_timesteps})")
         if self.timestep_spacing == "leading" and \
                 (steps - 1) * (self.num_train_timesteps // steps) + self.steps_offset >= self.num_train_timesteps:
             raise ValueError("steps_offset pushes the leading timesteps past num_train_timesteps - 1")
