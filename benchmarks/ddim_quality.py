@@ -76,10 +76,11 @@ def training_step_seconds(trained, precision: str, batch_size: int, steps: int =
     import copy
 
     from aigc_kit.core.device import autocast
+    from aigc_kit.core.plugin_api import ModelBundle
 
     denoiser = copy.deepcopy(trained.network).train()
     loss = trained.components.loss
-    bundle = type(trained.components.model)({"denoiser": denoiser}, "denoiser", trained.components.model.noise_shape)
+    bundle = ModelBundle({"denoiser": denoiser}, "denoiser", trained.components.model.noise_shape)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-4)
     data = trained.components.data.dataset
     batch = torch.stack([data[i] for i in range(batch_size)])

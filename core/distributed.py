@@ -161,7 +161,8 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
         synced = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                module.track_running_stats)
         synced.load_state_dict(module.state_dict())
-        return synced.to(next(iter(module.state_dict().values()), torch.empty(0)).device)
+        tensors = [*module.parameters(), *module.buffers()]
+        return synced.to(tensors[0].device) if tensors else synced
     for name, child in module.named_children():
         setattr(module, name, convert_batchnorm(child))
     return module

@@ -140,11 +140,10 @@ class PhaseOptimizer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            gradients = [p.grad for p in self.parameters if p.grad is not None]
             if self.grad_clip is not None:
                 norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
             else:
-                norm = torch.nn.utils.get_total_norm(gradients)
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
             if not torch.isfinite(norm).item():
                 self.optimizer.zero_grad(set_to_none=True)
                 return False

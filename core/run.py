@@ -67,15 +67,14 @@ def _with_shared_options(loaded: LoadedConfig, registry: Registry, section: str,
     options = loaded.options[section]
     if not shared:
         return options
-    part = getattr(loaded.config, section)
-    kind = section  # the loss and sampler sections name components of their own kind
+    part = getattr(loaded.config, section)  # "loss" and "sampler" name components of their own kind
     missing = [key for key in shared if key not in type(options).model_fields]
     if missing:
         raise UserError(
-            f"{kind} {part.name!r} cannot be used with model {loaded.config.model.name!r}: the model fixes "
-            f"{', '.join(missing)}, which this {kind} does not take",
+            f"{section} {part.name!r} cannot be used with model {loaded.config.model.name!r}: the model fixes "
+            f"{', '.join(missing)}, which this {section} does not take",
             field=f"{section}.name",
-            hint=f"pick a {kind} made for this model (see `aigc-kit plugins`)",
+            hint=f"pick a {section} made for this model (see `aigc-kit plugins`)",
         )
     given = part.plugin_options()
     for key, value in shared.items():
@@ -87,7 +86,7 @@ def _with_shared_options(loaded: LoadedConfig, registry: Registry, section: str,
                 given=given[key],
                 hint="remove it here: the model's section sets it for both the loss and the sampler",
             )
-    return registry.options(kind, part.name, {**given, **shared}, field_prefix=section)
+    return registry.options(section, part.name, {**given, **shared}, field_prefix=section)
 
 
 def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:
