@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigc_kit.core.registry import Registry
+from aigc_kit.core.timesteps import sampling_timesteps
 from aigc_kit.plugins.diffusion.samplers import DDIMSampler, DDPMSampler
 from aigc_kit.plugins.diffusion.schedule import (
     NoiseSchedule,
     ScheduleOptions,
     betas_for,
-    sampling_timesteps,
 )
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")

@@ -9,27 +9,48 @@ sampled*, never to a fixed stride below t.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
 
-from .schedule import NoiseSchedule, sampling_timesteps
+from aigc_kit.core.timesteps import sampling_timesteps
+
+from .schedule import NoiseSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DiffusionSampler:
-    """What DDIM and DDPM share: the prior noise, the timestep sequence and the denoiser call."""
+    """What DDIM and DDPM share: the prior noise, the timestep sequence, the denoiser call and the loop.
+
+    A subclass defines :meth:`transition`, one step from x_t to x_p. Timesteps
+    there may be ints or 0-dim integer tensors, so that the ONNX exporter can
+    trace one transition and run it in a loop over a timestep sequence given at
+    run time (:class:`aigc_kit.core.plugin_api.StepwiseSampler`).
+    """
+
+    uses_step_noise = False
+    """Whether :meth:`transition` takes fresh noise at every step."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
                  steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0) -> None:
         self.schedule = schedule
         self.steps = steps
+        self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, timestep_spacing, steps_offset)
         self.clip_sample = clip_sample
         self.clip_sample_range = clip_sample_range
         self.final_timestep = -1
         """Where the last step lands: -1 is the clean end of the process (alpha-bar 1)."""
+
+    def with_steps(self, steps: int) -> DiffusionSampler:
+        """The same sampler over ``steps`` timesteps of the same spacing."""
+        other = copy.copy(self)
+        other.steps = steps
+        other.timesteps = sampling_timesteps(self.schedule.num_train_timesteps, steps, self.timestep_spacing,
+                                             self.steps_offset)
+        return other
 
     def noise(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
               device: torch.device | str | None = None) -> torch.Tensor:
@@ -43,7 +64,27 @@ class DiffusionSampler:
             return self.timesteps[index + 1]
         return self.final_timestep
 
-    def predict(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
+               step_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the steps from x_T = ``noise`` to the sample.
+
+        Samplers that add fresh noise at each step draw it from ``generator``, or
+        take it from ``step_noise`` (shape ``(steps, *noise.shape)``) when given.
+        """
+        x = noise.float()
+        for index, timestep in enumerate(self.timesteps):
+            z = self.step_noise(x, index, generator, step_noise) if self.uses_step_noise else None
+            x = self.transition(denoiser, x, timestep, self.previous(index), z)
+        return x
+
+    def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One step from x_t at ``timestep`` to x_p at ``previous``; ``noise`` is the step's fresh noise."""
+        raise NotImplementedError
+
+    def predict(self, denoiser: Denoiser, x_t: torch.Tensor,
+                timestep: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The denoiser's x_0 and epsilon at ``x_t``, in ``x_t``'s dtype.
 
         With ``clip_sample``, x_0 is clipped and epsilon recomputed from it, so that
@@ -51,7 +92,7 @@ class DiffusionSampler:
         x_0 with the unclipped epsilon shifts every DDIM step off its trajectory,
         and the more steps, the further (measured in docs/diffusion.md).
         """
-        timesteps = torch.full((x_t.shape[0],), timestep, dtype=torch.long, device=x_t.device)
+        timesteps = torch.as_tensor(timestep, dtype=torch.long, device=x_t.device).reshape(1).expand(x_t.shape[0])
         prediction = denoiser(x_t, timesteps).to(x_t.dtype)
         x0, epsilon = self.schedule.to_x0_and_epsilon(prediction, x_t, timestep)
         if self.clip_sample:
@@ -77,22 +118,17 @@ class DDIMSampler(DiffusionSampler):
         # The DDIM paper's last step lands on alpha-bar 1; without it, on alpha-bar_0 (as some pipelines do).
         self.final_timestep = -1 if set_alpha_to_one else 0
 
-    @torch.no_grad()
-    def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
-               step_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the steps from x_T = ``noise`` to the sample.
+    @property
+    def uses_step_noise(self) -> bool:
+        return self.eta > 0
 
-        With ``eta`` > 0 each step adds fresh noise: drawn from ``generator``, or
-        taken from ``step_noise`` (shape ``(steps, *noise.shape)``) when given.
-        """
-        x = noise.float()
-        for index, timestep in enumerate(self.timesteps):
-            x0, epsilon = self.predict(denoiser, x, timestep)
-            x = self.step(x0, epsilon, timestep, self.previous(index), x,
-                          noise=None if self.eta == 0 else self.step_noise(x, index, generator, step_noise))
-        return x
+    def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        x0, epsilon = self.predict(denoiser, x_t, timestep)
+        return self.step(x0, epsilon, timestep, previous, x_t, noise)
 
-    def step(self, x0: torch.Tensor, epsilon: torch.Tensor, timestep: int, previous: int, x_t: torch.Tensor,
+    def step(self, x0: torch.Tensor, epsilon: torch.Tensor, timestep: int | torch.Tensor,
+             previous: int | torch.Tensor, x_t: torch.Tensor,
              noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_p from x_t, DDIM eq. 12:
 
@@ -144,22 +180,21 @@ class DDPMSampler(DiffusionSampler):
         super().__init__(schedule, steps or schedule.num_train_timesteps, **kwargs)
         self.variance_type = variance_type
 
-    @torch.no_grad()
-    def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
-               step_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the ancestral steps from x_T = ``noise``; fresh noise from ``generator`` or ``step_noise``."""
-        x = noise.float()
-        for index, timestep in enumerate(self.timesteps):
-            x0, _ = self.predict(denoiser, x, timestep)
-            previous = self.previous(index)
-            mean, variance = self.posterior(x0, x, timestep, previous)
-            x = mean
-            if previous >= 0:  # the last step returns the posterior mean, x_0
-                x = mean + variance.sqrt() * self.step_noise(x, index, generator, step_noise)
-        return x
+    uses_step_noise = True
 
-    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, timestep: int,
-                  previous: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """An ancestral step; the last one (to the clean end) returns the posterior mean, x_0, and ignores ``noise``."""
+        x0, _ = self.predict(denoiser, x_t, timestep)
+        mean, variance = self.posterior(x0, x_t, timestep, previous)
+        if noise is None:
+            return mean
+        # Written as arithmetic rather than an if, so that it also holds for a traced tensor timestep.
+        landed = torch.as_tensor(previous, device=x_t.device) < 0
+        return mean + torch.where(landed, torch.zeros_like(variance), variance.sqrt()) * noise
+
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, timestep: int | torch.Tensor,
+                  previous: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean and variance of q(x_p | x_t, x_0) (DDPM eq. 7), with beta' = 1 - a_t / a_p."""
         alpha_bar = self.schedule.alpha_bar(timestep, x_t)
         alpha_bar_previous = self.schedule.alpha_bar(previous, x_t)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .options import BetaSchedule, PredictionType, ScheduleOptions, TimestepSpacing
+from .options import BetaSchedule, PredictionType, ScheduleOptions
 
 
 def betas_for(schedule: BetaSchedule, num_train_timesteps: int, beta_start: float = 1e-4,
@@ -101,28 +101,3 @@ class NoiseSchedule:
         if prediction_type == "sample":
             return prediction, (x_t - signal * prediction) / noise_level
         return signal * x_t - noise_level * prediction, signal * prediction + noise_level * x_t
-
-
-def sampling_timesteps(num_train_timesteps: int, steps: int, spacing: TimestepSpacing = "trailing",
-                       offset: int = 0) -> list[int]:
-    """The timesteps a sampler visits, from the noisiest down, for ``steps`` of ``num_train_timesteps``.
-
-    leading: multiples of T // S, plus ``offset`` (the DDIM paper's sequence);
-    trailing: T - 1 down in strides of T / S, so the first step starts where the noise is purest
-    (recommended by Lin et al. 2023 for few steps); linspace: S evenly spaced points of [0, T - 1].
-    """
-    total = num_train_timesteps
-    if not 1 <= steps <= total:
-        raise ValueError(f"steps must be between 1 and {total}, got {steps}")
-    if spacing == "leading":
-        timesteps = [i * (total // steps) + offset for i in range(steps)]
-    elif spacing == "trailing":
-        timesteps = [round(total - i * total / steps) - 1 for i in range(steps)]
-    elif spacing == "linspace":
-        timesteps = [round(v) for v in torch.linspace(0, total - 1, steps, dtype=torch.float64).tolist()]
-    else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}")
-    timesteps = sorted(set(timesteps), reverse=True)
-    if timesteps[0] >= total or timesteps[-1] < 0:
-        raise ValueError(f"timesteps {timesteps[-1]}..{timesteps[0]} fall outside 0..{total - 1} (offset {offset})")
-    return timesteps
