@@ -190,16 +190,59 @@ class Sampler(Protocol):
         """Turn ``noise`` into samples with ``network``; must be traceable for export."""
 
 
+class StepwiseSampler(Sampler, Protocol):
+    """A sampler that walks a denoiser down a timestep sequence, one :meth:`transition` at a time.
+
+    The ONNX exporter recognises it by these attributes and exports it as one
+    loop over a traced transition (weights once, the step count chosen at run
+    time), and the network as a denoiser ``network(x_t, t)``.
+    """
+
+    timesteps: list[int]
+    """The timesteps visited, noisiest first."""
+    final_timestep: int
+    """Where the last transition lands (-1: the clean end of the process)."""
+    uses_step_noise: bool
+    """Whether each transition takes fresh noise."""
+
+    def transition(self, network: Any, x_t: Any, timestep: Any, previous: Any, noise: Any = None) -> Any:
+        """One step from ``x_t`` at ``timestep`` to ``previous`` (ints, or 0-dim int64 tensors when traced)."""
+
+
+def is_stepwise(sampler: Any) -> bool:
+    """Whether ``sampler`` offers the :class:`StepwiseSampler` attributes."""
+    return all(hasattr(sampler, name) for name in ("timesteps", "final_timestep", "uses_step_noise", "transition"))
+
+
+@dataclass
+class ExportRequest:
+    """What an exporter is given.
+
+    ``network`` is the trained sampling network (its EMA weights when the run kept
+    them), in eval mode; ``sampler`` the run's sampler; ``noise_shape`` the shape of
+    one noise sample; ``sample_shape`` and ``value_range`` describe one sample the
+    sampler returns; ``metadata`` is the run's provenance (producer, plugins and
+    their versions, the config's hash), to be stored in the file; ``path`` is
+    where to write.
+    """
+
+    network: Any
+    sampler: Any
+    noise_shape: tuple[int, ...]
+    sample_shape: tuple[int, ...]
+    value_range: tuple[float, float]
+    path: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
 class Exporter(Protocol):
     """An exporter: writes the sampling network and its sampler to a file and validates it."""
 
-    def export(self, network: Any, sampler: Any, noise_shape: tuple[int, ...], path: str,
-               metadata: dict[str, str]) -> dict[str, Any]:
-        """Write ``noise -> sampler.sample(network, noise)`` to ``path``; return a report.
+    def export(self, request: ExportRequest) -> dict[str, Any]:
+        """Write the file ``request.path`` names; return a report (a JSON-able dict).
 
-        ``metadata`` (noise shape, output range, model and sampler names) belongs
-        in the file. Raise :class:`~aigc_kit.core.errors.ValidationFailed` when the
-        written model disagrees with PyTorch.
+        Raise :class:`~aigc_kit.core.errors.ValidationFailed` when the written
+        model disagrees with PyTorch, and leave no file at ``request.path``.
         """
 
 

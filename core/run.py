@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,16 +257,49 @@ def _clear_previous_run(run_dir: Path, export_file: str | None) -> None:
 
 
 def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, components: Any, path: Path) -> Any:
+    from .plugin_api import ExportRequest
+
     export_section = loaded.config.export
     exporter = registry.spec("exporter", export_section.format).factory(loaded.options["export"])
-    metadata = {
+    request = ExportRequest(
+        network=network,
+        sampler=components.sampler,
+        noise_shape=tuple(components.model.noise_shape),
+        sample_shape=tuple(components.data.info.shape),
+        value_range=tuple(components.data.info.value_range),
+        path=str(path),
+        metadata=provenance(registry, loaded),
+    )
+    return exporter.export(request)
+
+
+def provenance(registry: Registry, loaded: LoadedConfig) -> dict[str, str]:
+    """Where an exported model comes from: producer, each component's plugin and version, the config's hash."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        producer_version = version("aigc-kit")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled checkout
+        producer_version = "unknown"
+    components = {}
+    for section, kind in (("data", "dataset"), ("model", "model"), ("loss", "loss"), ("sampler", "sampler")):
+        name = getattr(loaded.config, section).name
+        spec = registry.spec(kind, name)
+        record = registry.records.get(spec.plugin)
+        components[section] = {"name": spec.name, "plugin": spec.plugin,
+                               "distribution": record.distribution if record else None,
+                               "version": record.version if record else None}
+    resolved = loaded.resolved()
+    training = {key: value for key, value in resolved.items() if key not in ("export", "output")}
+    return {
+        "aigc_kit.producer": "aigc-kit",
+        "aigc_kit.producer_version": producer_version,
         "aigc_kit.model": loaded.config.model.name,
         "aigc_kit.sampler": loaded.config.sampler.name,
-        "aigc_kit.noise_shape": ",".join(str(d) for d in components.model.noise_shape),
-        "aigc_kit.output_range": ",".join(str(v) for v in components.data.info.value_range),
-        "aigc_kit.sample_shape": ",".join(str(d) for d in components.data.info.shape),
+        "aigc_kit.components": json.dumps(components),
+        "aigc_kit.sampler_options": json.dumps(resolved["sampler"]),
+        "aigc_kit.config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest(),
     }
-    return exporter.export(network, components.sampler, tuple(components.model.noise_shape), str(path), metadata)
 
 
 @dataclass

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
 
 
 class OnnxOptions(Options):
-    """How to write and check the ONNX file."""
+    """What to export, at which precision, and how to check it."""
 
+    what: Literal["auto", "generator", "denoiser", "sampler"] = Field(
+        "auto",
+        description="generator: z -> image (GANs); denoiser: (x_t, t) -> prediction; sampler: the whole diffusion "
+        "sampler as one graph. auto: generator for GANs, sampler for diffusion.",
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="fp16 keeps fp32 inputs and outputs; int8 is QDQ quantization calibrated on the run's own "
+        "sampler. Each is checked against PyTorch in fp32 (see docs/export.md for when each is faster).",
+    )
+    int8_mode: Literal["static", "dynamic"] = Field(
+        "static", description="int8 only: static (calibrated activations) or dynamic (activation ranges at run time)."
+    )
+    calibration_samples: int = Field(32, ge=1, description="int8 only: samples drawn for calibration.")
+    steps: int | None = Field(
+        None, ge=1, description="sampler only: the default step count in the graph (the run's sampler's if omitted)."
+    )
+    pixels: Literal["float", "uint8"] = Field(
+        "float", description="uint8: end the graph with the conversion to 0-255 pixels, NHWC."
+    )
     opset: int = Field(
         18,
         ge=18,
@@ -18,13 +40,26 @@ class OnnxOptions(Options):
     )
     export_batch_size: int = Field(2, ge=1, description="The batch the graph is traced with (the batch axis stays dynamic).")
     validate_batch_sizes: tuple[int, ...] = Field(
-        (1, 5), description="Batch sizes, other than the traced one, at which onnxruntime is compared with PyTorch."
+        (1, 5), description="Batch sizes, besides the traced one, at which onnxruntime is compared with PyTorch."
     )
-    atol: float = Field(1e-4, gt=0, description="Largest allowed absolute difference from PyTorch.")
-    rtol: float = Field(
-        0.0, ge=0, description="Allowed difference relative to PyTorch's value, added to atol (none by default)."
+    atol: float | None = Field(
+        None, gt=0, description="Largest allowed absolute difference from PyTorch (default: by graph and precision)."
     )
-    seed: int = Field(0, description="Seeds the validation noise.")
+    rtol: float | None = Field(
+        None, ge=0, description="Allowed difference relative to PyTorch's value, added to atol (default: by graph "
+        "and precision)."
+    )
+    reference_check: bool = Field(
+        True, description="Also run onnx's reference evaluator on one sample (one step of a sampler)."
+    )
+    seed: int = Field(0, description="Seeds the tracing, validation and calibration inputs.")
+
+    @field_validator("validate_batch_sizes")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(size < 1 for size in value):
+            raise ValueError("expected one or more positive batch sizes")
+        return value
 
 
 def build_onnx_exporter(options: OnnxOptions):
@@ -39,7 +74,8 @@ def aigc_register_exporters():
         ComponentSpec(
             "onnx",
             build_onnx_exporter,
-            "ONNX graph of noise -> sample with a dynamic batch axis, checked against PyTorch with onnxruntime.",
+            "ONNX generator, denoiser or whole sampler (dynamic batch; fp32, fp16 or int8), checked against "
+            "PyTorch with onnxruntime.",
             OnnxOptions,
         )
     ]

@@ -1,12 +1,27 @@
-"""Export ``noise -> sampler.sample(network, noise)`` to ONNX and check it against PyTorch."""
+"""Export a trained generator, denoiser or whole sampler to ONNX, convert its precision, check it against PyTorch.
+
+Three graphs (``what``):
+
+- ``generator``: ``z`` -> ``image``: a noise-to-image sampler (a GAN's) with its network;
+- ``denoiser``: ``x_t``, ``t`` -> ``prediction``: a diffusion model's network alone;
+- ``sampler``: ``noise`` [, ``step_noise``] [, ``timesteps``] -> ``image``: the whole diffusion
+  sampler as one ``Loop`` around one traced step (:mod:`.onnx_graphs`).
+
+Every export is checked before it is kept: the ONNX checker with full shape
+inference, onnxruntime against PyTorch at several batch sizes with an absolute
+and a relative tolerance, and onnx's reference evaluator on one small input.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +31,86 @@ import torch
 
 from aigc_kit.core.device import evaluating
 from aigc_kit.core.errors import UserError, ValidationFailed
+from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
-NOISE_INPUT = "noise"
-SAMPLE_OUTPUT = "sample"
+from .onnx_graphs import append_uint8_output, loop_sampler, set_metadata
+
+FORMAT_VERSION = "1"
+"""The version of the metadata layout written into ``metadata_props``."""
+
+TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1, 1]-sized range
+    ("network", "fp32"): (1e-4, 1e-4),
+    ("sampler", "fp32"): (1e-3, 1e-3),  # rounding differences grow over the steps
+    ("network", "fp16"): (2e-2, 2e-2),
+    ("sampler", "fp16"): (5e-2, 5e-2),
+    ("network", "int8"): (2.5e-1, 0.0),
+    ("sampler", "int8"): (5e-1, 0.0),
+}
+"""Default tolerances; options ``atol``/``rtol`` override them. Measured margins are in docs/export.md."""
 
 
-class SamplingGraph(torch.nn.Module):
-    """The module that is exported: noise in, sample out. The network is a submodule, so weights appear once."""
+@dataclass
+class Graph:
+    """One graph to trace: the module, its inputs' names and dynamic axes, and inputs for a batch size."""
+
+    kind: str
+    module: torch.nn.Module
+    input_names: list[str]
+    output_name: str
+    dynamic_axes: dict[str, dict[int, str]]
+    make_inputs: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
+
+
+class GeneratorGraph(torch.nn.Module):
+    """``z`` -> image: the sampler's own map from noise to samples, with the network as a submodule."""
 
     def __init__(self, network: torch.nn.Module, sampler: Any) -> None:
         super().__init__()
         self.network = network
         self.sampler = sampler
 
-    def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.sampler.sample(self.network, noise)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.sampler.sample(self.network, z)
+
+
+class DenoiserGraph(torch.nn.Module):
+    """``(x_t, t)`` -> the denoiser's prediction."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.network(x_t, t)
+
+
+class StepGraph(torch.nn.Module):
+    """One sampler transition ``(x, timestep, previous[, noise])`` -> the next x; looped by :func:`loop_sampler`."""
+
+    def __init__(self, network: torch.nn.Module, sampler: Any) -> None:
+        super().__init__()
+        self.network = network
+        self.sampler = sampler
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, previous: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sampler.transition(self.network, x, timestep, previous, noise)
+
+
+def resolve_graph(what: str, sampler: Any) -> str:
+    """The graph ``what`` asks for, checked against the sampler; ``auto`` picks the most useful one."""
+    stepwise = is_stepwise(sampler)
+    if what == "auto":
+        return "sampler" if stepwise else "generator"
+    if what == "sampler" and not stepwise:
+        return "generator"  # a noise-to-image sampler is its generator graph
+    if what == "denoiser" and not stepwise:
+        raise UserError("only a diffusion model's network is a denoiser; this sampler maps noise to images directly",
+                        field="export.what", expected="generator or sampler", given=what)
+    if what == "generator" and stepwise:
+        raise UserError("a diffusion model has no generator graph; export its denoiser, or the whole sampler",
+                        field="export.what", expected="denoiser or sampler", given=what)
+    return what
 
 
 class OnnxExporter:
@@ -39,91 +119,291 @@ class OnnxExporter:
     def __init__(self, options: Any) -> None:
         self.options = options
 
-    def export(self, network: torch.nn.Module, sampler: Any, noise_shape: tuple[int, ...], path: str,
-               metadata: dict[str, str]) -> dict[str, Any]:
-        """Export, then fail loudly unless onnxruntime agrees with PyTorch at several batch sizes."""
+    def export(self, request: ExportRequest) -> dict[str, Any]:
+        """Trace, convert, check; keep the file only if every check passes (else ``NAME.failed.onnx``)."""
         options = self.options
-        path = Path(path)
+        path = Path(request.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        graph = SamplingGraph(network, sampler).float().eval()
-        device = next(network.parameters()).device
-        example = sampler.noise(options.export_batch_size, noise_shape,
-                                generator=torch.Generator().manual_seed(options.seed)).to(device)
+        what = resolve_graph(options.what, request.sampler)
+        network = request.network.float().eval()
+        sampler = _with_steps(request.sampler, options.steps) if what == "sampler" else request.sampler
         started = time.perf_counter()
-        with torch.no_grad(), evaluating(graph), _quiet_exporter():
-            # Every choice is explicit: recent torch releases changed the defaults of each.
-            program = torch.onnx.export(
-                graph,
-                (example,),
-                None,
-                dynamo=True,
-                opset_version=options.opset,
-                input_names=[NOISE_INPUT],
-                output_names=[SAMPLE_OUTPUT],
-                dynamic_shapes={"noise": {0: torch.export.Dim("batch", min=1, max=65536)}},
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
-        model = program.model_proto
-        onnx.helper.set_model_props(model, {**metadata, "aigc_kit.opset": str(options.opset)})
+        with torch.no_grad(), evaluating(network):
+            graph = self._graph(what, network, sampler, request)
+            model = trace(graph, options.opset, options.export_batch_size, options.seed)
+            if options.precision != "fp32":
+                from .precision import convert
+
+                calibration = self._calibration(what, network, sampler, request, graph)
+                model = convert(model, options.precision, calibration, options.int8_mode)
+            core = model
+            if what == "sampler":
+                model = loop_sampler(core, sampler.timesteps, sampler.final_timestep,
+                                     uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape)
+            if options.pixels == "uint8":
+                model = append_uint8_output(model, request.value_range)
+        export_seconds = time.perf_counter() - started
+        tolerance = self._tolerance(what)
         temporary = path.with_name(f".{path.name}.tmp")
         onnx.save_model(model, temporary)
-        export_seconds = time.perf_counter() - started
-        report = {"path": str(path), "opset": options.opset, "export_seconds": round(export_seconds, 2)}
+        report: dict[str, Any] = {"path": str(path), "what": what, "opset": options.opset,
+                                  "precision": options.precision, "export_seconds": round(export_seconds, 2),
+                                  "atol": tolerance[0], "rtol": tolerance[1]}
         try:
-            report.update(self.validate(temporary, graph, sampler, noise_shape, device))
+            with torch.no_grad(), evaluating(network):
+                report.update(self.validate(temporary, what, network, sampler, request, tolerance))
+                if options.reference_check:
+                    report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, request)
         except ValidationFailed:
-            failed = path.with_name(path.stem + ".failed.onnx")
-            temporary.replace(failed)
+            temporary.replace(path.with_name(path.stem + ".failed.onnx"))
             raise
+        if what == "sampler":
+            report["step_bytes"] = core.ByteSize()
+        set_metadata(model, self.metadata(what, sampler, request, report))
+        model.producer_name = request.metadata.get("aigc_kit.producer", "aigc-kit")
+        model.producer_version = request.metadata.get("aigc_kit.producer_version", "")
+        onnx.save_model(model, temporary)
         temporary.replace(path)
         report["bytes"] = path.stat().st_size
         return report
 
-    def validate(self, path: Path, graph: torch.nn.Module, sampler: Any, noise_shape: tuple[int, ...],
-                 device: torch.device) -> dict[str, Any]:
-        """Check the file with onnx.checker, then compare onnxruntime with PyTorch at each batch size."""
+    # -- what is traced ------------------------------------------------------------------------------------------
+
+    def _graph(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest) -> Graph:
+        noise_shape, sample_shape = tuple(request.noise_shape), tuple(request.sample_shape)
+        if what == "generator":
+            return Graph("network", GeneratorGraph(network, sampler), ["z"], "image", {"z": {0: "batch"}},
+                         lambda n, g: {"z": sampler.noise(n, noise_shape, generator=g)})
+        if what == "denoiser":
+            total = sampler.schedule.num_train_timesteps if hasattr(sampler, "schedule") else max(sampler.timesteps) + 1
+
+            def denoiser_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+                return {"x_t": torch.randn(n, *sample_shape, generator=g),
+                        "t": torch.randint(0, total, (n,), generator=g)}
+
+            return Graph("network", DenoiserGraph(network), ["x_t", "t"], "prediction",
+                         {"x_t": {0: "batch"}, "t": {0: "batch"}}, denoiser_inputs)
+
+        def step_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+            index = int(torch.randint(0, len(sampler.timesteps), (1,), generator=g))
+            previous = sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
+            inputs = {"x": torch.randn(n, *sample_shape, generator=g),
+                      "timestep": torch.tensor(sampler.timesteps[index]), "previous": torch.tensor(previous)}
+            if sampler.uses_step_noise:
+                inputs["noise"] = torch.randn(n, *sample_shape, generator=g)
+            return inputs
+
+        names = ["x", "timestep", "previous"] + (["noise"] if sampler.uses_step_noise else [])
+        axes = {name: {0: "batch"} for name in ("x", "noise") if name in names}
+        return Graph("step", StepGraph(network, sampler), names, "x_next", axes, step_inputs)
+
+    def _calibration(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
+                     graph: Graph) -> list[dict[str, np.ndarray]]:
+        """Inputs for int8 calibration, from the run's own sampler: its noise, or its denoising trajectory."""
+        generator = torch.Generator().manual_seed(self.options.seed + 2)
+        count = self.options.calibration_samples
+        if what == "generator":
+            return [_numpy(graph.make_inputs(count, generator))]
+        feeds: list[dict[str, np.ndarray]] = []
+        x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
+        for index, timestep in enumerate(sampler.timesteps):
+            previous = sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
+            noise = torch.randn(x.shape, generator=generator) if sampler.uses_step_noise else None
+            if what == "denoiser":
+                feeds.append({"x_t": x.numpy(), "t": np.full((count,), timestep, dtype=np.int64)})
+            else:
+                feed = {"x": x.numpy(), "timestep": np.asarray(timestep, dtype=np.int64),
+                        "previous": np.asarray(previous, dtype=np.int64)}
+                if noise is not None:
+                    feed["noise"] = noise.numpy()
+                feeds.append(feed)
+            x = sampler.transition(network, x, timestep, previous, noise)
+        return feeds
+
+    def _tolerance(self, what: str) -> tuple[float, float]:
+        atol, rtol = TOLERANCES[("sampler" if what == "sampler" else "network", self.options.precision)]
+        return (self.options.atol if self.options.atol is not None else atol,
+                self.options.rtol if self.options.rtol is not None else rtol)
+
+    # -- checks -------------------------------------------------------------------------------------------------
+
+    def validate(self, path: Path, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
+                 tolerance: tuple[float, float]) -> dict[str, Any]:
+        """The ONNX checker, then onnxruntime against PyTorch at every batch size (and, for a sampler, step count)."""
         options = self.options
         try:
             onnx.checker.check_model(str(path), full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ValidationFailed(f"the ONNX checker rejected the model: {exc}", {"path": str(path)}) from None
         session = open_session(path)
+        output = session.get_outputs()[0].name
         generator = torch.Generator().manual_seed(options.seed + 1)
         batch_sizes = sorted({options.export_batch_size, *options.validate_batch_sizes})
+        cases: list[tuple[int, list[int] | None]] = [(batch, None) for batch in batch_sizes]
+        if what == "sampler" and len(sampler.timesteps) > 1:
+            cases.append((batch_sizes[0], sampler.timesteps[::2]))  # a step count chosen at run time
         results = []
-        for batch in batch_sizes:
-            noise = sampler.noise(batch, noise_shape, generator=generator)
-            with torch.no_grad(), evaluating(graph):
-                expected = graph(noise.to(device)).float().cpu().numpy()
-            actual = session.run([SAMPLE_OUTPUT], {NOISE_INPUT: noise.numpy().astype(np.float32)})[0]
-            results.append(compare(expected, actual, options.atol, options.rtol, batch))
+        for batch, timesteps in cases:
+            inputs, expected = self._case(what, network, sampler, request, batch, timesteps, generator)
+            actual = session.run([output], _numpy(inputs))[0]
+            if options.pixels == "uint8":
+                actual = _from_pixels(actual, request.value_range)
+            atol = tolerance[0] + (_half_level(request.value_range) if options.pixels == "uint8" else 0.0)
+            result = compare(expected, actual, atol, tolerance[1], batch)
+            if timesteps is not None:
+                result["steps"] = len(timesteps)
+            results.append(result)
         report = {
             "batch_sizes": batch_sizes,
             "max_abs_error": max(r["max_abs_error"] for r in results),
             "max_rel_error": max(r["max_rel_error"] for r in results),
-            "atol": options.atol,
-            "rtol": options.rtol,
+            "mean_abs_error": max(r["mean_abs_error"] for r in results),
             "checks": results,
+            "onnxruntime": _onnxruntime_version(),
         }
         failures = [r for r in results if not r["passed"]]
         if failures:
             worst = max(failures, key=lambda r: r["max_abs_error"])
             raise ValidationFailed(
-                f"onnxruntime disagrees with PyTorch at batch size {worst['batch_size']}: "
-                f"max abs error {worst['max_abs_error']:.3g} at index {worst['where']} "
-                f"(allowed {options.atol:g} + {options.rtol:g} x |expected|)",
+                f"onnxruntime disagrees with PyTorch at batch size {worst['batch_size']}"
+                + (f" with {worst['steps']} steps" if "steps" in worst else "")
+                + f": max abs error {worst['max_abs_error']:.3g} at index {worst['where']} "
+                f"(allowed {tolerance[0]:g} + {tolerance[1]:g} x |expected|; precision {options.precision})",
                 report,
             )
         return report
+
+    def _case(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest, batch: int,
+              timesteps: list[int] | None, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """Inputs of one check and PyTorch's output for them (float, NCHW)."""
+        if what == "generator":
+            z = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
+            return {"z": z}, sampler.sample(network, z).float().numpy()
+        if what == "denoiser":
+            graph = self._graph(what, network, sampler, request)
+            inputs = graph.make_inputs(batch, generator)
+            return inputs, network(inputs["x_t"], inputs["t"]).float().numpy()
+        if timesteps is not None:
+            sampler = copy.copy(sampler)
+            sampler.timesteps = list(timesteps)
+        noise = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
+        inputs = {"noise": noise}
+        step_noise = None
+        if sampler.uses_step_noise:
+            step_noise = torch.randn(len(sampler.timesteps), *noise.shape, generator=generator)
+            inputs["step_noise"] = step_noise
+        if timesteps is not None:
+            inputs["timesteps"] = torch.tensor(timesteps, dtype=torch.long)
+        return inputs, sampler.sample(network, noise, step_noise=step_noise).float().numpy()
+
+    def _reference_check(self, core: onnx.ModelProto, what: str, graph: Graph, tolerance: tuple[float, float],
+                         request: ExportRequest) -> dict[str, Any]:
+        """onnx's reference evaluator on one sample of the traced graph (one step, for a sampler) agrees too."""
+        from onnx.reference import ReferenceEvaluator
+
+        inputs = graph.make_inputs(1, torch.Generator().manual_seed(self.options.seed + 3))
+        expected = graph.module(*inputs.values()).float().numpy()
+        try:
+            actual = ReferenceEvaluator(core).run(None, _numpy(inputs))[0]
+        except Exception as exc:  # noqa: BLE001 - an operator the reference evaluator lacks is not the model's fault
+            return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+        result = compare(expected, np.asarray(actual), tolerance[0], tolerance[1], 1)
+        result["graph"] = "one step" if what == "sampler" else what
+        if not result["passed"]:
+            raise ValidationFailed(
+                f"onnx's reference evaluator disagrees with PyTorch on {result['graph']}: "
+                f"max abs error {result['max_abs_error']:.3g} at index {result['where']}",
+                {"reference_evaluator": result},
+            )
+        return result
+
+    # -- what the file says about itself ----------------------------------------------------------------------
+
+    def metadata(self, what: str, sampler: Any, request: ExportRequest, report: dict[str, Any]) -> dict[str, str]:
+        """``metadata_props``: the run's provenance plus what the graph's inputs and outputs mean."""
+        options = self.options
+        sample_shape = list(request.sample_shape)
+        low, high = request.value_range
+        image = {"channels": sample_shape[0], "resolution": sample_shape[1:], "value_range": [low, high]}
+        if what == "generator":
+            inputs = [{"name": "z", "shape": ["batch", *request.noise_shape], "dtype": "float32",
+                       "semantics": "latent noise, standard normal", "latent_size": list(request.noise_shape)}]
+        elif what == "denoiser":
+            inputs = [{"name": "x_t", "shape": ["batch", *sample_shape], "dtype": "float32",
+                       "semantics": "noisy sample at timestep t"},
+                      {"name": "t", "shape": ["batch"], "dtype": "int64", "semantics": "integer timestep per sample"}]
+        else:
+            inputs = [{"name": "noise", "shape": ["batch", *sample_shape], "dtype": "float32",
+                       "semantics": "x_T, standard normal"}]
+            if sampler.uses_step_noise:
+                inputs.append({"name": "step_noise", "shape": ["steps", "batch", *sample_shape], "dtype": "float32",
+                               "semantics": "fresh standard normal noise for each step"})
+            inputs.append({"name": "timesteps", "shape": ["steps"], "dtype": "int64", "optional": True,
+                           "semantics": "decreasing timesteps to visit; defaults to the export's",
+                           "default": list(sampler.timesteps)})
+        if options.pixels == "uint8":
+            outputs = [{"name": "pixels", "shape": ["batch", *sample_shape[1:], sample_shape[0]], "dtype": "uint8",
+                        "layout": "NHWC", "semantics": "image pixels, 0-255", **image}]
+        else:
+            name = "prediction" if what == "denoiser" else "image"
+            semantics = "the denoiser's prediction" if what == "denoiser" else "image"
+            outputs = [{"name": name, "shape": ["batch", *sample_shape], "dtype": "float32", "layout": "NCHW",
+                        "semantics": semantics, **image}]
+        sampler_info: dict[str, Any] = {"steps": len(sampler.timesteps)} if is_stepwise(sampler) else {}
+        for attribute in ("eta", "prediction_type"):
+            value = getattr(sampler, attribute, None)
+            if value is None:
+                value = getattr(getattr(sampler, "schedule", None), attribute, None)
+            if value is not None:
+                sampler_info[attribute] = value
+        validation = {key: report[key] for key in ("batch_sizes", "max_abs_error", "max_rel_error", "mean_abs_error",
+                                                   "atol", "rtol", "onnxruntime") if key in report}
+        return {
+            **request.metadata,
+            "aigc_kit.format_version": FORMAT_VERSION,
+            "aigc_kit.family": "diffusion" if is_stepwise(sampler) else "generator",
+            "aigc_kit.graph": what,
+            "aigc_kit.inputs": json.dumps(inputs),
+            "aigc_kit.outputs": json.dumps(outputs),
+            "aigc_kit.sampling": json.dumps(sampler_info),
+            "aigc_kit.opset": str(options.opset),
+            "aigc_kit.precision": options.precision,
+            "aigc_kit.validation": json.dumps(validation),
+        }
+
+
+def trace(graph: Graph, opset: int, batch: int, seed: int) -> onnx.ModelProto:
+    """``torch.onnx.export`` with every choice explicit: recent torch releases changed the defaults of each."""
+    graph.module.eval()
+    example = graph.make_inputs(batch, torch.Generator().manual_seed(seed))
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic_shapes = {
+        name: {axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=65536))
+               for axis, label in graph.dynamic_axes.get(name, {}).items()} or None
+        for name in graph.input_names
+    }
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            graph.module,
+            tuple(example[name] for name in graph.input_names),
+            None,
+            dynamo=True,
+            opset_version=opset,
+            input_names=graph.input_names,
+            output_names=[graph.output_name],
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
 
 
 def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, batch_size: int) -> dict[str, Any]:
     """Absolute and relative differences of two outputs, and whether ``|a - e| <= atol + rtol |e|`` holds."""
     if expected.shape != actual.shape:
         return {"batch_size": batch_size, "passed": False, "max_abs_error": float("inf"), "max_rel_error": float("inf"),
-                "where": f"shape {actual.shape} instead of {expected.shape}"}
+                "mean_abs_error": float("inf"), "where": f"shape {actual.shape} instead of {expected.shape}"}
     difference = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
     relative = difference / np.maximum(np.abs(expected), 1e-12)
     worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
@@ -133,6 +413,7 @@ def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, 
         "passed": passed,
         "max_abs_error": float(difference.max()),
         "max_rel_error": float(relative.max()),
+        "mean_abs_error": float(difference.mean()),
         "where": [int(i) for i in worst],
     }
 
@@ -146,7 +427,43 @@ def open_session(path: str | Path) -> Any:
             "onnxruntime is not installed, so the export cannot be validated",
             hint="pip install 'aigc-kit[cpu]' (or '[gpu]' for onnxruntime-gpu)",
         ) from None
-    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: the overridable `timesteps` default is intended
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _with_steps(sampler: Any, steps: int | None) -> Any:
+    """The sampler with ``steps`` timesteps (the same spacing), or itself when ``steps`` is None."""
+    if steps is None or steps == len(sampler.timesteps):
+        return sampler
+    if not hasattr(sampler, "with_steps"):
+        raise UserError(f"this sampler cannot change its step count at export ({type(sampler).__name__})",
+                        field="export.steps", hint="drop export.steps (or --steps)")
+    try:
+        return sampler.with_steps(steps)
+    except ValueError as exc:
+        raise UserError(str(exc), field="export.steps", given=steps) from None
+
+
+def _numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
+
+
+def _from_pixels(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """uint8 NHWC pixels back to NCHW floats in ``value_range`` (for comparing with PyTorch)."""
+    low, high = value_range
+    return pixels.transpose(0, 3, 1, 2).astype(np.float64) * (high - low) / 255.0 + low
+
+
+def _half_level(value_range: tuple[float, float]) -> float:
+    """Half of one of 255 pixel levels, in the value range's units: what rounding to uint8 may add."""
+    return 0.5 * (value_range[1] - value_range[0]) / 255.0 + 1e-6
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 @contextlib.contextmanager
@@ -160,6 +477,8 @@ def _quiet_exporter() -> Iterator[None]:
         with warnings.catch_warnings():
             # torch.export's own use of a deprecated pytree API; nothing a user can act on.
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            # Inputs that share the batch axis by design (x_t and t).
+            warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
             yield
     finally:
         for logger, level in zip(loggers, levels):

@@ -1,0 +1,150 @@
+"""Graph surgery on exported ONNX models: a sampler loop around one traced step, uint8 pixels out.
+
+Only ``onnx`` is imported here: these functions take and return ``onnx.ModelProto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+BATCH = "batch"
+STEPS = "steps"
+
+
+def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep: int, *,
+                 uses_step_noise: bool, sample_shape: Sequence[int]) -> onnx.ModelProto:
+    """The whole sampler as one graph: an ONNX ``Loop`` whose body is ``step``.
+
+    ``step`` maps ``(x, timestep, previous[, noise])`` to the next ``x``
+    (``timestep`` and ``previous`` are 0-dim int64). The result takes ``noise``
+    (x_T), ``step_noise`` (``(steps, batch, *sample_shape)``, only when the sampler
+    adds noise at each step) and ``timesteps``, an input whose default is the
+    export's sequence, so a caller may pass another decreasing sequence and
+    choose the step count at run time. The step's weights stay in the outer
+    graph, once, and the body refers to them: the file is no bigger than one step.
+    """
+    step_inputs = [value.name for value in step.graph.input]
+    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
+    if step_inputs != expected:
+        raise ValueError(f"the step graph's inputs are {step_inputs}, expected {expected}")
+    rename = _prefixer("step/")
+    body_graph = onnx.GraphProto()
+    body_graph.CopyFrom(step.graph)
+    _rename_graph(body_graph, rename)
+    initializers = list(body_graph.initializer)
+    del body_graph.initializer[:]
+
+    image_type = [BATCH, *sample_shape]
+    index, cond_in, cond_out = "iteration", "condition", "condition_out"
+    head = [
+        helper.make_node("Gather", ["timesteps", index], [rename("timestep")], name="step/take_timestep"),
+        helper.make_node("Add", [index, "one"], ["next_index"], name="step/next_index"),
+        helper.make_node("Gather", ["timesteps_and_final", "next_index"], [rename("previous")],
+                         name="step/take_previous"),
+        helper.make_node("Identity", [cond_in], [cond_out], name="step/keep_going"),
+    ]
+    if uses_step_noise:
+        head.append(helper.make_node("Gather", ["step_noise", index], [rename("noise")], name="step/take_noise"))
+    body = helper.make_graph(
+        head + list(body_graph.node),
+        "sampler_step",
+        [helper.make_tensor_value_info(index, TensorProto.INT64, []),
+         helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(rename("x"), TensorProto.FLOAT, image_type)],
+        [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(body_graph.output[0].name, TensorProto.FLOAT, image_type)],
+    )  # no value_info: the step's (from before a precision change, say) could contradict the loop's types
+    outer_nodes = [
+        helper.make_node("Shape", ["timesteps"], ["steps_shape"], name="steps_shape"),
+        helper.make_node("Squeeze", ["steps_shape", "zero_axis"], ["step_count"], name="step_count"),
+        helper.make_node("Concat", ["timesteps", "final_timestep"], ["timesteps_and_final"], axis=0,
+                         name="timesteps_and_final"),
+        helper.make_node("Loop", ["step_count", "true", "noise"], ["image"], name="sampler_loop", body=body),
+    ]
+    constants = [
+        numpy_helper.from_array(np.asarray(timesteps, dtype=np.int64), "timesteps"),
+        numpy_helper.from_array(np.asarray([final_timestep], dtype=np.int64), "final_timestep"),
+        numpy_helper.from_array(np.asarray(1, dtype=np.int64), "one"),
+        numpy_helper.from_array(np.asarray([0], dtype=np.int64), "zero_axis"),
+        numpy_helper.from_array(np.asarray(True), "true"),
+    ]
+    inputs = [helper.make_tensor_value_info("noise", TensorProto.FLOAT, image_type)]
+    if uses_step_noise:
+        inputs.append(helper.make_tensor_value_info("step_noise", TensorProto.FLOAT, [STEPS, *image_type]))
+    # An input with an initializer of the same name: the initializer is its default value.
+    inputs.append(helper.make_tensor_value_info("timesteps", TensorProto.INT64, [STEPS]))
+    graph = helper.make_graph(
+        outer_nodes, "sampler", inputs, [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_type)],
+        initializer=constants + initializers,
+    )
+    model = helper.make_model(graph, opset_imports=list(step.opset_import), producer_name=step.producer_name,
+                              producer_version=step.producer_version)
+    model.ir_version = step.ir_version
+    model.functions.extend(step.functions)
+    return model
+
+
+def append_uint8_output(model: onnx.ModelProto, value_range: tuple[float, float]) -> onnx.ModelProto:
+    """Map the first output (NCHW floats in ``value_range``) to uint8 NHWC pixels inside the graph."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    source = graph.output[0]
+    low, high = value_range
+    dims = [d.dim_param or d.dim_value for d in source.type.tensor_type.shape.dim]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.asarray(low, dtype=np.float32), "pixels/low"),
+        numpy_helper.from_array(np.asarray(255.0 / (high - low), dtype=np.float32), "pixels/scale"),
+        numpy_helper.from_array(np.asarray(0.0, dtype=np.float32), "pixels/min"),
+        numpy_helper.from_array(np.asarray(255.0, dtype=np.float32), "pixels/max"),
+    ])
+    graph.node.extend([
+        helper.make_node("Sub", [source.name, "pixels/low"], ["pixels/shifted"], name="pixels/shift"),
+        helper.make_node("Mul", ["pixels/shifted", "pixels/scale"], ["pixels/scaled"], name="pixels/scale"),
+        helper.make_node("Round", ["pixels/scaled"], ["pixels/rounded"], name="pixels/round"),
+        helper.make_node("Clip", ["pixels/rounded", "pixels/min", "pixels/max"], ["pixels/clipped"],
+                         name="pixels/clip"),
+        helper.make_node("Transpose", ["pixels/clipped"], ["pixels/nhwc"], perm=[0, 2, 3, 1], name="pixels/to_nhwc"),
+        helper.make_node("Cast", ["pixels/nhwc"], ["pixels"], to=TensorProto.UINT8, name="pixels/to_uint8"),
+    ])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("pixels", TensorProto.UINT8,
+                                                      [dims[0], dims[2], dims[3], dims[1]]))
+    return result
+
+
+def set_metadata(model: onnx.ModelProto, properties: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` with ``properties`` (keys sorted)."""
+    del model.metadata_props[:]
+    for key in sorted(properties):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(properties[key])
+
+
+def _prefixer(prefix: str) -> Callable[[str], str]:
+    def rename(name: str) -> str:
+        return prefix + name if name else name
+
+    return rename
+
+
+def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
+    """Rename every value and node of ``graph`` (not of nested subgraphs, which step graphs do not have)."""
+    for number, node in enumerate(graph.node):
+        if any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for attribute in node.attribute):
+            raise ValueError(f"the step graph has a node with a subgraph ({node.op_type}); it cannot be looped")
+        node.input[:] = [rename(name) for name in node.input]
+        node.output[:] = [rename(name) for name in node.output]
+        node.name = rename(node.name or f"{node.op_type}_{number}")
+    for collection in (graph.input, graph.output, graph.value_info):
+        for value in collection:
+            value.name = rename(value.name)
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = rename(sparse.values.name)
