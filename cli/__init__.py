@@ -110,7 +110,9 @@ def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...], strict_plugin
     aigc-kit resume runs/NAME                   continue a stopped run exactly
     aigc-kit validate CONFIG.yaml               check a config without training
     aigc-kit plugins                            what is installed and what it offers
-    aigc-kit export runs/NAME --out model.onnx  export a trained run
+    aigc-kit export runs/NAME --out model.onnx  export a trained run, checked against PyTorch
+    aigc-kit generate model.onnx --out grid.png images from the export, without PyTorch
+    aigc-kit inspect model.onnx                 what an exported model is and where it came from
     """
     ctx.obj = State(debug=debug, plugins=plugins, strict=strict_plugins)
 
@@ -249,26 +251,150 @@ def plugins(state: State, as_json: bool) -> None:
                 click.echo(f"note: the {kind} name {spec.name!r} is offered by several plugins; use {name!r}")
 
 
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"expected positive integers separated by commas, like 1,8; got {value!r}")
+    return sizes
+
+
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--format", "format_", default="onnx", show_default=True, help="The exporter's name.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The file to write.")
-@click.option("--opset", type=int, help="ONNX opset (onnx exporter).")
+@click.option("--what", type=click.Choice(["auto", "generator", "denoiser", "sampler"]),
+              help="generator (GANs), denoiser or the whole sampler (diffusion); default: auto.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Default: fp32.")
+@click.option("--steps", type=click.IntRange(min=1), help="Sampler steps in the graph (default: the run's sampler's).")
+@click.option("--pixels", type=click.Choice(["float", "uint8"]), help="uint8: the graph outputs NHWC pixels.")
+@click.option("--opset", type=int, help="ONNX opset (default 18).")
+@click.option("--batch-sizes", callback=_batch_sizes, metavar="N,N,...",
+              help="Batch sizes to check onnxruntime against PyTorch at (default 1,5; the traced 2 is added).")
+@click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Any other exporter option (repeatable; values are YAML), e.g. --option atol=1e-5.")
 @click.pass_obj
-def export(state: State, source: Path, format_: str, out: Path, opset: int | None) -> None:
-    """Export the sampling network of SOURCE (a run directory or checkpoint folder)."""
+def export(state: State, source: Path, format_: str, out: Path, what: str | None, precision: str | None,
+           steps: int | None, pixels: str | None, opset: int | None, batch_sizes: tuple[int, ...] | None,
+           extra: tuple[str, ...]) -> None:
+    """Export SOURCE (a run directory or checkpoint folder) and check the file against PyTorch.
+
+    The same options can sit in a run config's `export:` section.
+    """
+    import yaml
+
     from aigc_kit.core.run import export as export_run
 
-    options = {"opset": opset} if opset is not None else {}
+    options: dict[str, Any] = {key: value for key, value in (
+        ("what", what), ("precision", precision), ("steps", steps), ("pixels", pixels), ("opset", opset),
+        ("validate_batch_sizes", batch_sizes)) if value is not None}
+    for item in extra:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
+        options[key.strip()] = yaml.safe_load(value)
     _echo_export(export_run(source, state.registry(), format=format_, out=out, options=options))
 
 
 def _echo_export(report: dict[str, Any]) -> None:
     line = f"  exported: {report.get('path')}"
+    if "what" in report:
+        line += f" ({report['what']}, {report.get('precision', 'fp32')}, opset {report.get('opset')})"
+    click.echo(line)
     if "max_abs_error" in report:
         sizes = ", ".join(str(b) for b in report.get("batch_sizes", []))
-        line += f" (onnxruntime vs PyTorch: max abs error {report['max_abs_error']:.2g} at batch sizes {sizes})"
-    click.echo(line)
+        click.echo(f"  onnxruntime vs PyTorch: max abs error {report['max_abs_error']:.2g}, "
+                   f"mean {report.get('mean_abs_error', float('nan')):.2g} at batch sizes {sizes} "
+                   f"(allowed {report.get('atol')} + {report.get('rtol')} x |expected|)")
+    reference = report.get("reference_evaluator")
+    if reference:
+        if "skipped" in reference:
+            click.echo(f"  onnx reference evaluator: skipped ({reference['skipped']})")
+        else:
+            click.echo(f"  onnx reference evaluator ({reference.get('graph')}): max abs error "
+                       f"{reference['max_abs_error']:.2g}")
+    if "step_bytes" in report:
+        click.echo(f"  {report['bytes']:,} bytes; one step alone: {report['step_bytes']:,} bytes (weights stored once)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="Images to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the noise (NumPy).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write one grid picture (PNG).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Write one PNG per image.")
+@click.option("--steps", type=click.IntRange(min=1), help="Diffusion samplers: another step count.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--providers", default="auto", show_default=True,
+              help="auto (TensorRT, CUDA, then CPU), cpu, cuda, tensorrt, or a comma-separated list.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime's intra-op threads.")
+def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
+             batch_size: int, providers: str, threads: int | None) -> None:
+    """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
+    from aigc_kit.exporters.runtime import OnnxGenerator, grid, image
+
+    if out is None and out_dir is None:
+        raise click.UsageError("say where the images go: --out GRID.png and/or --out-dir DIR")
+    generator = OnnxGenerator(model, providers=providers, threads=threads)
+    images = generator.generate(count, seed=seed, batch_size=batch_size, steps=steps)
+    click.echo(f"generated {len(images)} images of {images.shape[1]}x{images.shape[2]} on {generator.provider}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        grid(images).save(out)
+        click.echo(f"  grid: {out}")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for index, pixels in enumerate(images):
+            image(pixels).save(out_dir / f"{index:05d}.png")
+        click.echo(f"  images: {out_dir}/00000.png .. {len(images) - 1:05d}.png")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def inspect(model: Path, as_json: bool) -> None:
+    """Show what an exported MODEL.onnx is: its inputs and outputs, sampler, provenance and validation."""
+    import onnx
+
+    from aigc_kit.core.errors import UserError
+    from aigc_kit.exporters.runtime import read_metadata
+
+    if not model.is_file():
+        raise UserError("no such model file", file=str(model))
+    try:
+        proto = onnx.load_model(str(model), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and others for a file that is not ONNX
+        raise UserError(f"not an ONNX model: {type(exc).__name__}", file=str(model)) from None
+    info = read_metadata({entry.key: entry.value for entry in proto.metadata_props}, model)
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in proto.opset_import}
+    info["producer"] = f"{proto.producer_name} {proto.producer_version}".strip()
+    info["opset_imports"] = opsets
+    info["bytes"] = model.stat().st_size
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{model}: {info.get('family')} model {info.get('model')!r}, {info.get('graph')} graph, "
+               f"{info.get('precision')}, opset {info.get('opset')}, {info['bytes']:,} bytes")
+    click.echo(f"  producer: {info['producer']}; config sha256 {info.get('config_sha256', '?')[:16]}")
+    for direction in ("inputs", "outputs"):
+        for spec in info.get(direction, []):
+            shape = "x".join(str(d) for d in spec["shape"])
+            extra = f", range {spec['value_range']}, {spec['layout']}" if "value_range" in spec else ""
+            click.echo(f"  {direction[:-1]} {spec['name']}: {spec['dtype']} {shape} - {spec['semantics']}{extra}")
+    if info.get("sampling"):
+        click.echo("  sampling: " + ", ".join(f"{k} {v}" for k, v in info["sampling"].items()))
+    for section, component in info.get("components", {}).items():
+        where = component.get("distribution") or component.get("plugin")
+        version = f" {component['version']}" if component.get("version") else ""
+        click.echo(f"  {section}: {component['name']} (from {where}{version})")
+    validation = info.get("validation", {})
+    if validation:
+        click.echo(f"  validated with onnxruntime {validation.get('onnxruntime')}: max abs error "
+                   f"{validation.get('max_abs_error', float('nan')):.2g} at batch sizes {validation.get('batch_sizes')}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,260 @@
+"""Run exported models with onnxruntime alone: NumPy, onnxruntime and Pillow, no PyTorch.
+
+    from aigc_kit.exporters.runtime import OnnxGenerator
+
+    generator = OnnxGenerator("model.onnx", providers="auto")
+    print(generator.provider)              # the execution provider that actually runs
+    images = generator.generate(16, seed=0)  # uint8, (16, height, width, channels)
+
+Everything the runtime needs (input shapes, value range, the sampler's default
+timesteps) is read from the model's metadata, written at export. Noise is drawn
+with NumPy's generator, so a seed gives the same images on every machine with
+this runtime (not the same as PyTorch's sampling, which draws with torch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from importlib import metadata as distributions
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aigc_kit.core.errors import UserError
+from aigc_kit.core.timesteps import sampling_timesteps
+
+TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+AUTO_ORDER = (TENSORRT, CUDA, CPU)
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a :class:`UserError` saying how to install exactly one distribution of it."""
+    installed = [name for name in RUNTIME_DISTRIBUTIONS if _installed(name)]
+    if len(installed) > 1:
+        raise UserError(
+            f"both {' and '.join(installed)} are installed; they provide the same `onnxruntime` module and "
+            "overwrite each other's files",
+            hint="pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'aigc-kit[cpu]' "
+            "(or 'aigc-kit[gpu]' on a machine with CUDA)",
+        )
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "onnxruntime is not installed",
+            hint="pip install 'aigc-kit[cpu]' (or 'aigc-kit[gpu]' on a machine with CUDA)",
+        ) from None
+    return onnxruntime
+
+
+def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
+    """The providers to ask onnxruntime for, best first.
+
+    ``auto``: TensorRT, then CUDA, then CPU, of those this onnxruntime has.
+    ``tensorrt``/``cuda``/``cpu`` (or full provider names, comma-separated or a
+    list): those, each of which must be available, with CPU appended as the
+    fallback onnxruntime needs for operators the others lack.
+    """
+    if isinstance(requested, str):
+        if requested == "auto":
+            return [name for name in AUTO_ORDER if name in available]
+        requested = [part.strip() for part in requested.split(",") if part.strip()]
+    chosen = [PROVIDER_NAMES.get(name.lower(), name) for name in requested]
+    missing = [name for name in chosen if name not in available]
+    if missing or not chosen:
+        raise UserError(
+            f"this onnxruntime has no {', '.join(missing) or 'provider named'}",
+            field="providers", expected="auto, or some of: " + ", ".join(available), given=",".join(requested),
+            hint="for CUDA and TensorRT install 'aigc-kit[gpu]' (onnxruntime-gpu) on a machine with CUDA",
+        )
+    return chosen + ([CPU] if CPU not in chosen and CPU in available else [])
+
+
+class OnnxGenerator:
+    """An exported generator or diffusion sampler, ready to generate images.
+
+    ``providers``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or provider names.
+    ``threads``: onnxruntime's intra-op threads (default: its own choice).
+    ``graph_optimization``: disable, basic, extended or all.
+    ``cudnn_conv_algo_search``: EXHAUSTIVE (best kernels, slow first run),
+    HEURISTIC or DEFAULT (CUDA only).
+    After construction, :attr:`provider` is the provider onnxruntime actually
+    runs: a session asked for CUDA silently falls back to the CPU when CUDA
+    cannot start, so the runtime checks and warns.
+    """
+
+    def __init__(self, path: str | Path, providers: str | Sequence[str] = "auto", *, threads: int | None = None,
+                 graph_optimization: str = "all", cudnn_conv_algo_search: str = "EXHAUSTIVE") -> None:
+        ort = import_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError("no such model file", file=str(self.path))
+        if graph_optimization not in OPTIMIZATION_LEVELS:
+            raise UserError("unknown graph optimization level", field="graph_optimization",
+                            expected=", ".join(OPTIMIZATION_LEVELS), given=graph_optimization)
+        if cudnn_conv_algo_search not in CONV_ALGO_SEARCHES:
+            raise UserError("unknown cuDNN convolution algorithm search", field="cudnn_conv_algo_search",
+                            expected=", ".join(CONV_ALGO_SEARCHES), given=cudnn_conv_algo_search)
+        self.requested = choose_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[graph_optimization]
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        provider_options = [{"cudnn_conv_algo_search": cudnn_conv_algo_search} if name == CUDA else {}
+                            for name in self.requested]
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.requested,
+                                                provider_options=provider_options)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+            raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}",
+                            file=str(self.path)) from None
+        self.providers = list(self.session.get_providers())
+        self.provider = self.providers[0]
+        self.fallback: str | None = None
+        if self.provider != self.requested[0]:
+            self.fallback = (f"asked for {self.requested[0]}, but onnxruntime runs {self.provider} "
+                             "(check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs)")
+            warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
+        self.metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        graph = self.metadata["graph"]
+        if graph not in ("generator", "sampler"):
+            raise UserError(
+                f"this model is a {graph} graph; only generator and sampler graphs turn noise into images",
+                file=str(self.path), hint="export with --what sampler",
+            )
+        self.output = self.metadata["outputs"][0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(height, width, channels)`` of one generated image."""
+        channels, (height, width) = self.output["channels"], self.output["resolution"]
+        return height, width, channels
+
+    def default_steps(self) -> int | None:
+        """The sampler's step count from the export, or None for a generator."""
+        timesteps = self._input("timesteps")
+        return len(timesteps["default"]) if timesteps else None
+
+    def generate(self, n: int, seed: int = 0, *, batch_size: int = 16, steps: int | None = None,
+                 timesteps: Sequence[int] | None = None) -> np.ndarray:
+        """``n`` images as uint8, ``(n, height, width, channels)``, from NumPy noise seeded by ``seed``.
+
+        For a diffusion sampler, ``steps`` picks another step count (the export's
+        spacing), or ``timesteps`` gives the decreasing sequence itself.
+        """
+        if n < 1:
+            raise UserError("the number of images must be at least 1", field="n", given=n)
+        sequence = self._timesteps(steps, timesteps)
+        rng = np.random.default_rng(seed)
+        images = []
+        for start in range(0, n, batch_size):
+            batch = min(batch_size, n - start)
+            feeds = self._feeds(batch, rng, sequence)
+            output = self.session.run([self.output["name"]], feeds)[0]
+            if self.output["dtype"] != "uint8":
+                output = to_pixels(output, tuple(self.output["value_range"]))
+            images.append(output)
+        return np.concatenate(images)
+
+    def _timesteps(self, steps: int | None, timesteps: Sequence[int] | None) -> list[int] | None:
+        if steps is None and timesteps is None:
+            return None
+        if self._input("timesteps") is None:
+            raise UserError("this model is not a diffusion sampler, so it has no steps to choose", field="steps",
+                            file=str(self.path))
+        if timesteps is not None:
+            return [int(t) for t in timesteps]
+        options = self.metadata["sampler_options"]
+        try:
+            return sampling_timesteps(int(options["num_train_timesteps"]), steps,
+                                      options.get("timestep_spacing", "trailing"), int(options.get("steps_offset", 0)))
+        except KeyError:
+            raise UserError("the model's metadata does not say how its timesteps are spaced", file=str(self.path),
+                            hint="pass the timesteps themselves") from None
+        except ValueError as exc:
+            raise UserError(str(exc), field="steps", given=steps) from None
+
+    def _feeds(self, batch: int, rng: np.random.Generator, timesteps: list[int] | None) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        steps = len(timesteps) if timesteps is not None else self.default_steps()
+        for spec in self.metadata["inputs"]:
+            name = spec["name"]
+            if name == "timesteps":
+                if timesteps is not None:
+                    feeds[name] = np.asarray(timesteps, dtype=np.int64)
+                continue
+            shape = [batch if dim == "batch" else steps if dim == "steps" else int(dim) for dim in spec["shape"]]
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+        return feeds
+
+    def _input(self, name: str) -> dict[str, Any] | None:
+        return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
+
+
+def read_metadata(properties: dict[str, str], path: str | Path = "") -> dict[str, Any]:
+    """The ``aigc_kit.*`` metadata of an exported model, JSON values decoded, the prefix dropped."""
+    if "aigc_kit.graph" not in properties:
+        raise UserError("this ONNX file was not exported by aigc-kit (it has no aigc_kit metadata)", file=str(path),
+                        hint="export it with: aigc-kit export RUN_DIR --out MODEL.onnx")
+    result: dict[str, Any] = {}
+    for key, value in properties.items():
+        if not key.startswith("aigc_kit."):
+            continue
+        name = key.removeprefix("aigc_kit.")
+        try:
+            result[name] = json.loads(value) if value[:1] in "[{" else value
+        except json.JSONDecodeError:
+            result[name] = value
+    return result
+
+
+def to_pixels(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """NCHW floats in ``value_range`` -> NHWC uint8, as the exported graphs' uint8 output computes it."""
+    low, high = value_range
+    scaled = np.round((images.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low)))
+    return np.clip(scaled, 0, 255).transpose(0, 2, 3, 1).astype(np.uint8)
+
+
+def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> Any:
+    """A ``PIL.Image`` of uint8 NHWC ``images`` in a grid (square-ish unless ``columns`` is given)."""
+    from PIL import Image
+
+    count, height, width, channels = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+                      dtype=np.uint8)
+    for index, image in enumerate(images):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        canvas[top:top + height, left:left + width] = image
+    return Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
+
+
+def image(pixels: np.ndarray) -> Any:
+    """One uint8 HWC image as a ``PIL.Image``."""
+    from PIL import Image
+
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        distributions.distribution(distribution)
+    except distributions.PackageNotFoundError:
+        return False
+    return True
