@@ -1,0 +1,317 @@
+"""The ONNX exporters: generator, denoiser and whole-sampler graphs, precisions, metadata, the torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from click.testing import CliRunner
+
+from aigc_kit.cli import cli
+from aigc_kit.core.errors import UserError
+from aigc_kit.core.registry import default_registry
+from aigc_kit.core.run import export, load_trained, run
+from aigc_kit.exporters import runtime
+from aigc_kit.exporters.runtime import OnnxGenerator, choose_providers
+
+from .conftest import tiny_config
+from .test_diffusion import tiny_unet_config
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory, builtin_registry_module):
+    folder = tmp_path_factory.mktemp("gan")
+    (folder / "run.yaml").write_text(json.dumps(tiny_config()))
+    run(folder / "run.yaml", builtin_registry_module, output=folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory, builtin_registry_module):
+    folder = tmp_path_factory.mktemp("unet")
+    (folder / "run.yaml").write_text(json.dumps(tiny_unet_config(sampler={"name": "ddim", "steps": 4})))
+    run(folder / "run.yaml", builtin_registry_module, output=folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def eta_run(tmp_path_factory, builtin_registry_module):
+    """A UNet run whose DDIM sampler adds fresh noise at each step (eta 1)."""
+    folder = tmp_path_factory.mktemp("eta")
+    (folder / "run.yaml").write_text(json.dumps(tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 1.0})))
+    run(folder / "run.yaml", builtin_registry_module, output=folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def builtin_registry_module():
+    """The installed plugins, as `aigc-kit` sees them (so components carry their distribution and version)."""
+    return default_registry()
+
+
+def metadata(path) -> dict[str, str]:
+    return {entry.key: entry.value for entry in onnx.load_model(str(path)).metadata_props}
+
+
+def weight_bytes(path) -> int:
+    return sum(len(tensor.raw_data) for tensor in onnx.load_model(str(path)).graph.initializer)
+
+
+def session(path):
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# -- GAN generators ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_a_generator_exports_with_z_in_and_a_dynamic_batch_at_each_opset(gan_run, builtin_registry_module, tmp_path,
+                                                                        opset):
+    report = export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx", options={"opset": opset})
+    model = onnx.load_model(str(tmp_path / "g.onnx"))
+    assert {entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")} == {opset}
+    assert [i.name for i in model.graph.input] == ["z"] and [o.name for o in model.graph.output] == ["image"]
+    assert report["what"] == "generator" and report["batch_sizes"] == [1, 2, 5]
+    assert report["max_abs_error"] <= 1e-4 and report["reference_evaluator"]["passed"]
+
+    trained = load_trained(gan_run, builtin_registry_module)
+    z = torch.randn(7, 8)
+    expected = trained.network(z).detach().numpy()
+    actual = session(tmp_path / "g.onnx").run(None, {"z": z.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_the_metadata_describes_inputs_outputs_provenance_and_validation(gan_run, builtin_registry_module, tmp_path):
+    export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx")
+    meta = metadata(tmp_path / "g.onnx")
+    assert meta["aigc_kit.family"] == "generator" and meta["aigc_kit.graph"] == "generator"
+    assert json.loads(meta["aigc_kit.inputs"])[0] == {
+        "name": "z", "shape": ["batch", 8], "dtype": "float32", "semantics": "latent noise, standard normal",
+        "latent_size": [8]}
+    output = json.loads(meta["aigc_kit.outputs"])[0]
+    assert (output["channels"], output["resolution"], output["value_range"]) == (3, [16, 16], [-1.0, 1.0])
+    components = json.loads(meta["aigc_kit.components"])
+    assert components["model"]["name"] == "dcgan" and components["model"]["distribution"] == "aigc-kit"
+    assert len(meta["aigc_kit.config_sha256"]) == 64 and meta["aigc_kit.opset"] == "18"
+    assert json.loads(meta["aigc_kit.validation"])["onnxruntime"] == onnxruntime.__version__
+    assert json.loads(meta["aigc_kit.sampler_options"])["truncation"] is None
+
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "g.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "generator model 'dcgan'" in result.output and "input z: float32 batchx8" in result.output
+
+
+def test_the_config_hash_ignores_where_and_how_a_run_is_exported(gan_run, builtin_registry_module, tmp_path):
+    export(gan_run, builtin_registry_module, out=tmp_path / "a.onnx")
+    export(gan_run, builtin_registry_module, out=tmp_path / "b.onnx", options={"pixels": "uint8"})
+    assert metadata(tmp_path / "a.onnx")["aigc_kit.config_sha256"] == metadata(tmp_path / "b.onnx")[
+        "aigc_kit.config_sha256"]
+
+
+def test_uint8_output_is_the_float_output_as_nhwc_pixels(gan_run, builtin_registry_module, tmp_path):
+    export(gan_run, builtin_registry_module, out=tmp_path / "f.onnx")
+    export(gan_run, builtin_registry_module, out=tmp_path / "p.onnx", options={"pixels": "uint8"})
+    z = np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)
+    floats = session(tmp_path / "f.onnx").run(None, {"z": z})[0]
+    pixels = session(tmp_path / "p.onnx").run(None, {"z": z})[0]
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 16, 16, 3)
+    expected = runtime.to_pixels(floats, (-1.0, 1.0))
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1  # rounding at a level's edge
+    assert (pixels == expected).mean() > 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_is_smaller_keeps_fp32_inputs_and_reports_its_error(gan_run, builtin_registry_module,
+                                                                              tmp_path, precision):
+    fp32 = export(gan_run, builtin_registry_module, out=tmp_path / "fp32.onnx")
+    report = export(gan_run, builtin_registry_module, out=tmp_path / "low.onnx", options={"precision": precision})
+    assert weight_bytes(tmp_path / "low.onnx") < {"fp16": 0.55, "int8": 0.35}[precision] * weight_bytes(
+        tmp_path / "fp32.onnx")
+    assert report["max_abs_error"] > fp32["max_abs_error"]  # the precision shows, and is measured
+    assert report["max_abs_error"] <= report["atol"]
+    inputs = session(tmp_path / "low.onnx").get_inputs()
+    assert inputs[0].type == "tensor(float)"
+    assert metadata(tmp_path / "low.onnx")["aigc_kit.precision"] == precision
+
+
+def test_dynamic_int8_on_a_transposed_convolution_generator_is_refused_not_silently_useless(gan_run,
+                                                                                           builtin_registry_module,
+                                                                                           tmp_path):
+    with pytest.raises(UserError) as error:
+        export(gan_run, builtin_registry_module, out=tmp_path / "d.onnx",
+               options={"precision": "int8", "int8_mode": "dynamic"})
+    assert error.value.field == "export.int8_mode"
+
+
+def test_the_export_command_reports_and_refuses_bad_input(gan_run, tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "g.onnx"),
+                                      "--batch-sizes", "3,4", "--pixels", "uint8"])
+    assert result.exit_code == 0, result.output
+    assert "batch sizes 2, 3, 4" in result.output and "onnx reference evaluator" in result.output
+    bad = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"), "--batch-sizes", "0"])
+    assert bad.exit_code == 2 and "--batch-sizes" in bad.output
+    wrong = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"), "--what", "denoiser"])
+    assert wrong.exit_code == 2 and "export.what" in wrong.output and "Traceback" not in wrong.output
+
+
+# -- diffusion -------------------------------------------------------------------------------------------------------
+
+
+def test_the_whole_ddim_sampler_is_one_graph_with_its_weights_once(unet_run, builtin_registry_module, tmp_path):
+    report = export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
+    denoiser = export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
+    assert report["what"] == "sampler"
+    assert report["bytes"] < 1.05 * denoiser["bytes"]  # four steps, one copy of the weights
+    model = onnx.load_model(str(tmp_path / "s.onnx"))
+    assert [node.op_type for node in model.graph.node].count("Loop") == 1
+    assert [i.name for i in model.graph.input] == ["noise", "timesteps"]
+    assert report["checks"][-1]["steps"] == 2  # also checked with a step count chosen at run time
+
+    trained = load_trained(unet_run, builtin_registry_module)
+    noise = torch.randn(3, 3, 16, 16)
+    expected = trained.components.sampler.sample(trained.network, noise).numpy()
+    actual = session(tmp_path / "s.onnx").run(None, {"noise": noise.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-3
+
+    other = trained.components.sampler.with_steps(3)
+    expected = other.sample(trained.network, noise).numpy()
+    actual = session(tmp_path / "s.onnx").run(None, {"noise": noise.numpy(),
+                                                     "timesteps": np.array(other.timesteps, dtype=np.int64)})[0]
+    assert np.abs(actual - expected).max() < 1e-3
+
+
+def test_the_denoiser_graph_takes_x_t_and_t(unet_run, builtin_registry_module, tmp_path):
+    export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
+    trained = load_trained(unet_run, builtin_registry_module)
+    x_t, t = torch.randn(5, 3, 16, 16), torch.tensor([0, 10, 500, 998, 999])
+    expected = trained.network(x_t, t).detach().numpy()
+    actual = session(tmp_path / "d.onnx").run(None, {"x_t": x_t.numpy(), "t": t.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+
+
+def test_a_stochastic_sampler_takes_its_step_noise_as_an_input(eta_run, builtin_registry_module, tmp_path):
+    report = export(eta_run, builtin_registry_module, out=tmp_path / "eta.onnx")
+    assert report["what"] == "sampler"
+    model = onnx.load_model(str(tmp_path / "eta.onnx"))
+    assert [i.name for i in model.graph.input] == ["noise", "step_noise", "timesteps"]
+    assert not any(node.op_type.startswith("Random") for node in model.graph.node)  # no randomness inside
+
+    trained = load_trained(eta_run, builtin_registry_module)
+    noise, step_noise = torch.randn(2, 3, 16, 16), torch.randn(3, 2, 3, 16, 16)
+    sampler = trained.components.sampler
+    expected = sampler.sample(trained.network, noise, step_noise=step_noise).numpy()
+    actual = session(tmp_path / "eta.onnx").run(None, {"noise": noise.numpy(), "step_noise": step_noise.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-3
+    other = session(tmp_path / "eta.onnx").run(None, {"noise": noise.numpy(),
+                                                      "step_noise": torch.randn(3, 2, 3, 16, 16).numpy()})[0]
+    assert np.abs(other - actual).max() > 1e-2  # the step noise is used, not ignored
+
+
+def test_fp16_sampler_keeps_fp32_state_between_steps_and_stays_close(unet_run, builtin_registry_module, tmp_path):
+    report = export(unet_run, builtin_registry_module, out=tmp_path / "h.onnx", options={"precision": "fp16"})
+    assert 0 < report["max_abs_error"] <= report["atol"]
+    assert session(tmp_path / "h.onnx").get_outputs()[0].type == "tensor(float)"
+
+
+# -- the runtime -----------------------------------------------------------------------------------------------------
+
+
+def test_generate_runs_in_a_process_where_torch_cannot_be_imported(unet_run, builtin_registry_module, tmp_path):
+    export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # `import torch` now raises ImportError
+        from aigc_kit.cli import main
+        try:
+            main(["generate", {str(tmp_path / "s.onnx")!r}, "-n", "6", "--seed", "3",
+                  "--out", {str(tmp_path / "grid.png")!r}, "--out-dir", {str(tmp_path / "each")!r}, "--steps", "3"])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        assert sys.modules["torch"] is None
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "generated 6 images of 16x16 on CPUExecutionProvider" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "each").iterdir()) == [f"{i:05d}.png" for i in range(6)]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size == (2 + 3 * 18, 2 + 2 * 18)
+
+
+def test_the_runtime_reproduces_the_pytorch_sampler_for_the_same_noise(unet_run, builtin_registry_module, tmp_path):
+    export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
+    generator = OnnxGenerator(tmp_path / "s.onnx", providers="cpu", threads=1)
+    images = generator.generate(4, seed=5)
+    again = generator.generate(4, seed=5)
+    assert images.dtype == np.uint8 and images.shape == (4, 16, 16, 3) and np.array_equal(images, again)
+    assert not np.array_equal(images, generator.generate(4, seed=6))
+
+    noise = np.random.default_rng(5).standard_normal((4, 3, 16, 16), dtype=np.float32)
+    trained = load_trained(unet_run, builtin_registry_module)
+    expected = trained.components.sampler.sample(trained.network, torch.from_numpy(noise)).numpy()
+    assert np.abs(images.astype(int) - runtime.to_pixels(expected, (-1, 1)).astype(int)).max() <= 1
+
+
+def test_auto_providers_prefer_tensorrt_then_cuda_then_cpu():
+    everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    assert choose_providers("auto", everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                    "CPUExecutionProvider"]
+    assert choose_providers("auto", ["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("cuda", everything) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(UserError) as error:
+        choose_providers("cuda", ["CPUExecutionProvider"])
+    assert "CUDAExecutionProvider" in str(error.value) and "aigc-kit[gpu]" in str(error.value)
+
+
+def test_a_silent_fallback_to_the_cpu_is_detected_and_reported(gan_run, builtin_registry_module, tmp_path,
+                                                                monkeypatch):
+    export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx")
+    real_session = onnxruntime.InferenceSession
+    asked = {}
+
+    def cuda_that_falls_back(path, options, providers, provider_options):
+        asked.update(providers=providers, provider_options=provider_options)
+        return real_session(path, options, providers=["CPUExecutionProvider"])  # what a CUDA failure looks like
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", cuda_that_falls_back)
+    with pytest.warns(RuntimeWarning, match="asked for CUDAExecutionProvider, but onnxruntime runs CPU"):
+        generator = OnnxGenerator(tmp_path / "g.onnx", cudnn_conv_algo_search="HEURISTIC")
+    assert generator.provider == "CPUExecutionProvider" and generator.fallback
+    assert asked["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert asked["provider_options"][0] == {"cudnn_conv_algo_search": "HEURISTIC"}
+    assert generator.generate(2).shape == (2, 16, 16, 3)
+
+
+def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
+    monkeypatch.setattr(runtime, "_installed", lambda name: True)
+    with pytest.raises(UserError) as both:
+        runtime.import_onnxruntime()
+    assert "onnxruntime and onnxruntime-gpu are installed" in str(both.value)
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in str(both.value)
+
+    monkeypatch.setattr(runtime, "_installed", lambda name: False)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError) as neither:
+        runtime.import_onnxruntime()
+    assert "not installed" in str(neither.value) and "aigc-kit[cpu]" in str(neither.value)
+
+
+def test_the_runtime_refuses_files_it_cannot_generate_from(unet_run, builtin_registry_module, tmp_path):
+    export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path / "d.onnx"), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "denoiser graph" in result.output and "--what sampler" in result.output
+    (tmp_path / "plain.onnx").write_bytes(b"not a model")
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "plain.onnx")])
+    assert result.exit_code == 2 and "not an ONNX model" in result.output
+    missing = CliRunner().invoke(cli, ["generate", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "x.png")])
+    assert missing.exit_code == 2 and "no such model file" in missing.output
