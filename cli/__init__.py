@@ -113,6 +113,7 @@ def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...], strict_plugin
     aigc-kit export runs/NAME --out model.onnx  export a trained run, checked against PyTorch
     aigc-kit generate model.onnx --out grid.png images from the export, without PyTorch
     aigc-kit inspect model.onnx                 what an exported model is and where it came from
+    aigc-kit bench runs/NAME                    onnxruntime against PyTorch, side by side
     """
     ctx.obj = State(debug=debug, plugins=plugins, strict=strict_plugins)
 
@@ -395,6 +396,34 @@ def inspect(model: Path, as_json: bool) -> None:
     if validation:
         click.echo(f"  validated with onnxruntime {validation.get('onnxruntime')}: max abs error "
                    f"{validation.get('max_abs_error', float('nan')):.2g} at batch sizes {validation.get('batch_sizes')}")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", callback=_batch_sizes, default="1,16,64", show_default=True, metavar="N,N,...")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for both runtimes (default: PyTorch's count).")
+@click.option("--repeats", type=click.IntRange(min=3), default=10, show_default=True, help="Timed calls per row.")
+@click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Exports to time (run directories).")
+@click.option("--no-compile", is_flag=True, help="Skip torch.compile (its first call can take a minute).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def bench(state: State, source: Path, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
+          precisions: str, no_compile: bool, as_json: bool) -> None:
+    """Time SOURCE (a run directory, or MODEL.onnx) with onnxruntime and with each PyTorch path."""
+    from aigc_kit.core.errors import UserError
+    from aigc_kit.exporters.bench import bench as run_bench
+    from aigc_kit.exporters.bench import format_report
+
+    chosen = tuple(part.strip() for part in precisions.split(",") if part.strip())
+    unknown = sorted(set(chosen) - {"fp32", "fp16", "int8"})
+    if unknown or not chosen:
+        raise UserError("unknown precision", field="--precisions", expected="some of fp32, fp16, int8",
+                        given=precisions)
+    registry = None if source.suffix == ".onnx" else state.registry()
+    report = run_bench(source, registry, batch_sizes=batch_sizes, threads=threads, repeats=repeats, precisions=chosen,
+                       compile=not no_compile, progress=(lambda line: None) if as_json else
+                       (lambda line: click.echo(line, err=True)))
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,11 @@ class OnnxOptions(Options):
     steps: int | None = Field(
         None, ge=1, description="sampler only: the default step count in the graph (the run's sampler's if omitted)."
     )
+    transposed_conv: Literal["keep", "subpixel"] = Field(
+        "keep",
+        description="subpixel: rewrite 2x-upsampling transposed convolutions as convolution + DepthToSpace (the "
+        "same output; what int8 kernels run well). See docs/export.md for when it pays.",
+    )
     pixels: Literal["float", "uint8"] = Field(
         "float", description="uint8: end the graph with the conversion to 0-255 pixels, NHWC."
     )

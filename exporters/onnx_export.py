@@ -33,7 +33,7 @@ from aigc_kit.core.device import evaluating
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
-from .onnx_graphs import append_uint8_output, loop_sampler, set_metadata
+from .onnx_graphs import append_uint8_output, loop_sampler, set_metadata, subpixel_transposed_convs
 
 FORMAT_VERSION = "1"
 """The version of the metadata layout written into ``metadata_props``."""
@@ -131,6 +131,9 @@ class OnnxExporter:
         with torch.no_grad(), evaluating(network):
             graph = self._graph(what, network, sampler, request)
             model = trace(graph, options.opset, options.export_batch_size, options.seed)
+            rewritten = None
+            if options.transposed_conv == "subpixel":
+                model, rewritten = subpixel_transposed_convs(model)
             if options.precision != "fp32":
                 from .precision import convert
 
@@ -149,6 +152,8 @@ class OnnxExporter:
         report: dict[str, Any] = {"path": str(path), "what": what, "opset": options.opset,
                                   "precision": options.precision, "export_seconds": round(export_seconds, 2),
                                   "atol": tolerance[0], "rtol": tolerance[1]}
+        if rewritten is not None:
+            report["subpixel_rewrites"] = rewritten
         try:
             with torch.no_grad(), evaluating(network):
                 report.update(self.validate(temporary, what, network, sampler, request, tolerance))

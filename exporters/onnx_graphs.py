@@ -148,3 +148,63 @@ def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str]) -> None:
         tensor.name = rename(tensor.name)
     for sparse in graph.sparse_initializer:
         sparse.values.name = rename(sparse.values.name)
+
+
+# Which kernel tap of a stride-2, 4-wide, pad-1 transposed convolution feeds output phase ``a``
+# (0: even rows, 1: odd rows) from input offset ``dy - 1``: k = a + 3 - 2 dy, when inside 0..3.
+_SUBPIXEL_TAPS = {0: (3, 1, None), 1: (None, 2, 0)}
+
+
+def subpixel_transposed_convs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite each 2x-upsampling ``ConvTranspose`` (kernel 4, stride 2, pad 1) as ``Conv`` + ``DepthToSpace``.
+
+    The output is the same: output pixel (2m + a, 2n + b) of the transposed
+    convolution is a 3x3 convolution around input pixel (m, n) with the kernel
+    taps of phase (a, b), so one 3x3 convolution with 4 x C_out channels
+    computes all four phases and DepthToSpace interleaves them. Plain
+    convolutions are what int8 kernels cover well (transposed ones much less),
+    at 9/4 of the multiply-adds. Returns the model and the number rewritten.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = weights.get(node.input[1]) if node.op_type == "ConvTranspose" and len(node.input) > 1 else None
+        if (weight is None or list(attributes.get("strides", [])) != [2, 2]
+                or list(attributes.get("pads", [0, 0, 0, 0])) != [1, 1, 1, 1]
+                or attributes.get("group", 1) != 1 or any(d != 1 for d in attributes.get("dilations", [1, 1]))
+                or any(attributes.get("output_padding", [0, 0])) or "output_shape" in attributes
+                or numpy_helper.to_array(weight).shape[2:] != (4, 4)):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight)  # (C_in, C_out, 4, 4)
+        c_in, c_out = w.shape[:2]
+        folded = np.zeros((2, 2, c_out, c_in, 3, 3), dtype=w.dtype)
+        for a in (0, 1):
+            for b in (0, 1):
+                for dy, ky in enumerate(_SUBPIXEL_TAPS[a]):
+                    for dx, kx in enumerate(_SUBPIXEL_TAPS[b]):
+                        if ky is not None and kx is not None:
+                            folded[a, b, :, :, dy, dx] = w[:, :, ky, kx].T
+        prefix = f"subpixel/{rewritten}"
+        graph.initializer.append(numpy_helper.from_array(folded.reshape(4 * c_out, c_in, 3, 3), f"{prefix}/weight"))
+        inputs = [node.input[0], f"{prefix}/weight"]
+        if len(node.input) > 2 and node.input[2]:
+            bias = numpy_helper.to_array(weights[node.input[2]])
+            graph.initializer.append(numpy_helper.from_array(np.tile(bias, 4), f"{prefix}/bias"))
+            inputs.append(f"{prefix}/bias")
+        nodes.append(helper.make_node("Conv", inputs, [f"{prefix}/phases"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                      name=f"{prefix}/conv"))
+        nodes.append(helper.make_node("DepthToSpace", [f"{prefix}/phases"], list(node.output), blocksize=2,
+                                      mode="DCR", name=f"{prefix}/interleave"))
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return result, rewritten

@@ -163,7 +163,7 @@ class OnnxGenerator:
         images = []
         for start in range(0, n, batch_size):
             batch = min(batch_size, n - start)
-            feeds = self._feeds(batch, rng, sequence)
+            feeds = self.feeds(batch, rng, sequence)
             output = self.session.run([self.output["name"]], feeds)[0]
             if self.output["dtype"] != "uint8":
                 output = to_pixels(output, tuple(self.output["value_range"]))
@@ -188,7 +188,9 @@ class OnnxGenerator:
         except ValueError as exc:
             raise UserError(str(exc), field="steps", given=steps) from None
 
-    def _feeds(self, batch: int, rng: np.random.Generator, timesteps: list[int] | None) -> dict[str, np.ndarray]:
+    def feeds(self, batch: int, rng: np.random.Generator,
+              timesteps: list[int] | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``batch`` images: standard normal noise from ``rng`` (and ``timesteps``, if given)."""
         feeds: dict[str, np.ndarray] = {}
         steps = len(timesteps) if timesteps is not None else self.default_steps()
         for spec in self.metadata["inputs"]:

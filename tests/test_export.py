@@ -141,6 +141,19 @@ def test_reduced_precision_is_smaller_keeps_fp32_inputs_and_reports_its_error(ga
     assert metadata(tmp_path / "low.onnx")["aigc_kit.precision"] == precision
 
 
+def test_the_subpixel_rewrite_replaces_upsampling_transposed_convolutions_exactly(gan_run, builtin_registry_module,
+                                                                                 tmp_path):
+    plain = export(gan_run, builtin_registry_module, out=tmp_path / "plain.onnx")
+    report = export(gan_run, builtin_registry_module, out=tmp_path / "sub.onnx", options={"transposed_conv": "subpixel"})
+    ops = [node.op_type for node in onnx.load_model(str(tmp_path / "sub.onnx")).graph.node]
+    assert report["subpixel_rewrites"] == 2 and ops.count("DepthToSpace") == 2  # 4 -> 8 -> 16; the 1x1 -> 4 stays
+    assert ops.count("ConvTranspose") == 1 and "subpixel_rewrites" not in plain
+    z = np.random.default_rng(2).standard_normal((4, 8), dtype=np.float32)
+    a = session(tmp_path / "plain.onnx").run(None, {"z": z})[0]
+    b = session(tmp_path / "sub.onnx").run(None, {"z": z})[0]
+    assert np.abs(a - b).max() < 1e-5
+
+
 def test_dynamic_int8_on_a_transposed_convolution_generator_is_refused_not_silently_useless(gan_run,
                                                                                            builtin_registry_module,
                                                                                            tmp_path):

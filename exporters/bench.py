@@ -1,0 +1,225 @@
+"""``aigc-kit bench``: exported models under onnxruntime against every PyTorch path a user could pick instead.
+
+Given a run directory, the run's sampling graph (a GAN's generator, a diffusion
+model's whole sampler) is exported at each precision and timed with
+onnxruntime, beside PyTorch eager in fp32, eager under bf16 autocast and
+``torch.compile`` (whose warm-up is reported on its own). Given an ONNX file,
+only onnxruntime is timed (there is no PyTorch model to compare with).
+
+Each path: warm-up calls, then timed repetitions; the median, the 25th-75th
+percentile spread and images per second. Work is counted with PyTorch's FLOP
+counter on the eager model and set against the machine's measured fp32
+matrix-multiply rate at the same thread count.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Timing:
+    """One path at one batch size."""
+
+    path: str
+    batch_size: int
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    images_per_second: float
+    gflops: float | None = None
+    """Achieved GFLOP/s (the eager model's FLOPs over this path's median time)."""
+    peak_fraction: float | None = None
+    warmup_seconds: float | None = None
+    """For torch.compile: the first call, which compiles."""
+
+
+@dataclass
+class BenchReport:
+    model: str
+    threads: int
+    repeats: int
+    matmul_peak_gflops: float | None
+    flops_per_image: float | None
+    timings: list[Timing] = field(default_factory=list)
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fastest(self, batch_size: int, prefix: str) -> Timing | None:
+        rows = [t for t in self.timings if t.batch_size == batch_size and t.path.startswith(prefix)]
+        return min(rows, key=lambda t: t.median_ms, default=None)
+
+    def row(self, batch_size: int, path: str) -> Timing | None:
+        return next((t for t in self.timings if t.batch_size == batch_size and t.path == path), None)
+
+
+def measure(call: Callable[[], Any], repeats: int, warmup: int = 2, min_seconds: float = 0.0) -> list[float]:
+    """Seconds per call over ``repeats`` calls (at least ``min_seconds`` in all) after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - started < min_seconds:
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return times
+
+
+def _timing(path: str, batch: int, times: list[float], flops: float | None, peak: float | None,
+            warmup_seconds: float | None = None) -> Timing:
+    median = statistics.median(times)
+    quartiles = np.percentile(times, [25, 75])
+    gflops = flops * batch / median / 1e9 if flops else None
+    return Timing(path, batch, median * 1e3, float(quartiles[0]) * 1e3, float(quartiles[1]) * 1e3,
+                  batch / median, gflops, gflops / peak if gflops and peak else None, warmup_seconds)
+
+
+def matmul_peak(threads: int, size: int = 1024, repeats: int = 10) -> float:
+    """The machine's fp32 matrix-multiply rate (GFLOP/s) with ``threads`` threads: the best of ``repeats``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        best = min(measure(lambda: a @ b, repeats, warmup=3))
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * size**3 / best / 1e9
+
+
+def bench(source: str | Path, registry: Any = None, *, batch_sizes: tuple[int, ...] = (1, 16, 64),
+          threads: int | None = None, repeats: int = 10, precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
+          compile: bool = True, progress: Callable[[str], None] = lambda line: None) -> BenchReport:
+    """Time ``source`` (a run directory, a checkpoint folder or an ONNX file) at each batch size."""
+    source = Path(source)
+    if source.suffix == ".onnx":
+        return _bench_onnx_file(source, batch_sizes, threads, repeats, progress)
+    return _bench_run(source, registry, batch_sizes, threads, repeats, precisions, compile, progress)
+
+
+def _ort_generator(path: Path, threads: int | None) -> Any:
+    from .runtime import OnnxGenerator
+
+    return OnnxGenerator(path, providers="cpu", threads=threads)
+
+
+def _bench_onnx_file(path: Path, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
+                     progress: Callable[[str], None]) -> BenchReport:
+    import os
+
+    generator = _ort_generator(path, threads)
+    report = BenchReport(str(path), threads or os.cpu_count() or 1, repeats, None, None)
+    precision = generator.metadata.get("precision", "fp32")
+    for batch in batch_sizes:
+        feeds = generator.feeds(batch, np.random.default_rng(0))
+        times = measure(lambda f=feeds: generator.session.run(None, f), repeats)
+        report.timings.append(_timing(f"onnxruntime {precision}", batch, times, None, None))
+        progress(f"batch {batch}: onnxruntime {precision} {report.timings[-1].median_ms:.2f} ms")
+    return report
+
+
+def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
+               precisions: tuple[str, ...], compile: bool, progress: Callable[[str], None]) -> BenchReport:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from aigc_kit.core.errors import UserError
+    from aigc_kit.core.run import export, load_trained
+
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    trained = load_trained(source, registry)
+    network, sampler = trained.network.float().eval(), trained.components.sampler
+    noise_shape = tuple(trained.components.model.noise_shape)
+
+    def sample(noise: torch.Tensor, net: Any = network) -> torch.Tensor:
+        return sampler.sample(net, noise)
+
+    with torch.no_grad():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            sample(sampler.noise(1, noise_shape))
+        flops = float(counter.get_total_flops())
+    peak = matmul_peak(threads)
+    report = BenchReport(str(source), threads, repeats, peak, flops)
+    progress(f"{flops / 1e9:.3f} GFLOP per image; fp32 matmul peak {peak:.1f} GFLOP/s on {threads} threads")
+
+    with tempfile.TemporaryDirectory(prefix="aigc-kit-bench-") as folder:
+        sessions = {}
+        for precision in precisions:
+            path = Path(folder) / f"{precision}.onnx"
+            try:
+                exported = export(source, registry, out=path, options={"precision": precision})
+            except UserError as exc:
+                progress(f"{precision}: not exported ({exc})")
+                continue
+            report.exports[precision] = {key: exported.get(key) for key in
+                                         ("what", "bytes", "max_abs_error", "mean_abs_error", "export_seconds")}
+            sessions[precision] = _ort_generator(path, threads)
+        compiled = None
+        for batch in batch_sizes:
+            noise = sampler.noise(batch, noise_shape, generator=torch.Generator().manual_seed(0))
+            for precision, generator in sessions.items():
+                feeds = generator.feeds(batch, np.random.default_rng(0))
+                times = measure(lambda f=feeds, g=generator: g.session.run(None, f), repeats)
+                report.timings.append(_timing(f"onnxruntime {precision}", batch, times, flops, peak))
+                progress(f"batch {batch}: onnxruntime {precision} {report.timings[-1].median_ms:.2f} ms")
+            with torch.no_grad():
+                times = measure(lambda n=noise: sample(n), repeats)
+                report.timings.append(_timing("torch eager fp32", batch, times, flops, peak))
+                progress(f"batch {batch}: torch eager fp32 {report.timings[-1].median_ms:.2f} ms")
+
+                def bf16(n: torch.Tensor = noise) -> torch.Tensor:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return sample(n)
+
+                times = measure(bf16, repeats)
+                report.timings.append(_timing("torch eager bf16 autocast", batch, times, flops, peak))
+                progress(f"batch {batch}: torch eager bf16 {report.timings[-1].median_ms:.2f} ms")
+                if compile:
+                    if compiled is None:
+                        compiled = torch.compile(network)
+                    started = time.perf_counter()
+                    sample(noise, compiled)  # compiles (again, with a dynamic batch, at the second batch size)
+                    warmup_seconds = time.perf_counter() - started
+                    times = measure(lambda n=noise, c=compiled: sample(n, c), repeats)
+                    report.timings.append(_timing("torch.compile fp32", batch, times, flops, peak, warmup_seconds))
+                    progress(f"batch {batch}: torch.compile {report.timings[-1].median_ms:.2f} ms "
+                             f"(first call {warmup_seconds:.1f} s)")
+    return report
+
+
+def format_report(report: BenchReport) -> str:
+    """The report as a table, with each path's speed relative to eager fp32 at the same batch size."""
+    lines = [f"{report.model}: {report.threads} threads, {report.repeats}+ timed calls per row"]
+    if report.matmul_peak_gflops:
+        lines.append(f"  {report.flops_per_image / 1e9:.3f} GFLOP per image; "
+                     f"fp32 matmul peak {report.matmul_peak_gflops:.1f} GFLOP/s")
+    for precision, exported in report.exports.items():
+        lines.append(f"  {precision} export: {exported['bytes']:,} bytes, max abs error vs PyTorch "
+                     f"{exported['max_abs_error']:.2g} (mean {exported['mean_abs_error']:.2g})")
+    header = f"  {'batch':>5}  {'path':<26} {'median ms':>10} {'p25-p75 ms':>16} {'images/s':>9} {'GFLOP/s':>8} " \
+             f"{'of peak':>7} {'vs eager':>8}"
+    lines.append(header)
+    for timing in report.timings:
+        eager = report.row(timing.batch_size, "torch eager fp32")
+        ratio = f"{eager.median_ms / timing.median_ms:.2f}x" if eager else ""
+        gflops = f"{timing.gflops:.1f}" if timing.gflops else ""
+        share = f"{timing.peak_fraction:.0%}" if timing.peak_fraction else ""
+        spread = f"{timing.p25_ms:.2f}-{timing.p75_ms:.2f}"
+        warm = f"  (first call {timing.warmup_seconds:.1f} s)" if timing.warmup_seconds else ""
+        lines.append(f"  {timing.batch_size:>5}  {timing.path:<26} {timing.median_ms:>10.2f} {spread:>16} "
+                     f"{timing.images_per_second:>9.1f} {gflops:>8} {share:>7} {ratio:>8}{warm}")
+    return "\n".join(lines)
