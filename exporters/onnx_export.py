@@ -125,6 +125,12 @@ class OnnxExporter:
         path = Path(request.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         what = resolve_graph(options.what, request.sampler)
+        if options.steps is not None and what != "sampler":
+            raise UserError(f"steps apply to a diffusion sampler graph, not to a {what} graph", field="export.steps",
+                            hint="drop export.steps (or --steps)")
+        if options.pixels == "uint8" and len(request.sample_shape) != 3:
+            raise UserError(f"uint8 pixels need image samples, and these have shape {tuple(request.sample_shape)}",
+                            field="export.pixels", hint="use pixels: float")
         network = request.network.float().eval()
         sampler = _with_steps(request.sampler, options.steps) if what == "sampler" else request.sampler
         started = time.perf_counter()

@@ -137,6 +137,9 @@ class OnnxGenerator:
                 file=str(self.path), hint="export with --what sampler",
             )
         self.output = self.metadata["outputs"][0]
+        if len(self.output["shape"]) != 4:
+            raise UserError(f"this model's samples are not images (output shape {self.output['shape']})",
+                            file=str(self.path), hint="run it with onnxruntime directly")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -41,11 +41,12 @@ def unet_run(tmp_path_factory, builtin_registry_module):
     return folder / "run"
 
 
-@pytest.fixture(scope="module")
-def eta_run(tmp_path_factory, builtin_registry_module):
-    """A UNet run whose DDIM sampler adds fresh noise at each step (eta 1)."""
+@pytest.fixture(scope="module", params=[{"name": "ddim", "steps": 3, "eta": 1.0}, {"name": "ddpm", "steps": 3}],
+                ids=["ddim-eta-1", "ddpm"])
+def eta_run(tmp_path_factory, builtin_registry_module, request):
+    """A UNet run whose sampler adds fresh noise at each step: DDIM with eta 1, strided DDPM."""
     folder = tmp_path_factory.mktemp("eta")
-    (folder / "run.yaml").write_text(json.dumps(tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 1.0})))
+    (folder / "run.yaml").write_text(json.dumps(tiny_unet_config(sampler=request.param)))
     run(folder / "run.yaml", builtin_registry_module, output=folder / "run")
     return folder / "run"
 
@@ -225,6 +226,10 @@ def test_a_stochastic_sampler_takes_its_step_noise_as_an_input(eta_run, builtin_
     other = session(tmp_path / "eta.onnx").run(None, {"noise": noise.numpy(),
                                                       "step_noise": torch.randn(3, 2, 3, 16, 16).numpy()})[0]
     assert np.abs(other - actual).max() > 1e-2  # the step noise is used, not ignored
+    last_changed = step_noise.clone()
+    last_changed[-1] = torch.randn(2, 3, 16, 16)
+    same = session(tmp_path / "eta.onnx").run(None, {"noise": noise.numpy(), "step_noise": last_changed.numpy()})[0]
+    assert np.abs(same - actual).max() < 1e-6  # the last step lands on the clean end and adds no noise
 
 
 def test_fp16_sampler_keeps_fp32_state_between_steps_and_stays_close(unet_run, builtin_registry_module, tmp_path):
@@ -328,3 +333,38 @@ def test_the_runtime_refuses_files_it_cannot_generate_from(unet_run, builtin_reg
     assert result.exit_code == 2 and "not an ONNX model" in result.output
     missing = CliRunner().invoke(cli, ["generate", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "x.png")])
     assert missing.exit_code == 2 and "no such model file" in missing.output
+
+
+# -- the benchmark command -------------------------------------------------------------------------------------------
+
+
+def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
+    result = CliRunner().invoke(cli, ["bench", str(gan_run), "--batch-sizes", "1,3", "--repeats", "3",
+                                      "--precisions", "fp32,fp16", "--no-compile", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    paths = {(row["path"], row["batch_size"]) for row in report["timings"]}
+    assert paths == {(path, batch) for batch in (1, 3) for path in (
+        "onnxruntime fp32", "onnxruntime fp16", "torch eager fp32", "torch eager bf16 autocast")}
+    assert report["flops_per_image"] > 0 and report["matmul_peak_gflops"] > 0
+    row = report["timings"][0]
+    assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
+    assert row["images_per_second"] == pytest.approx(row["batch_size"] * 1000 / row["median_ms"])
+    assert set(report["exports"]) == {"fp32", "fp16"}
+
+    export_file = tmp_path / "g.onnx"
+    CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(export_file)])
+    alone = CliRunner().invoke(cli, ["bench", str(export_file), "--batch-sizes", "2", "--repeats", "3"])
+    assert alone.exit_code == 0, alone.output
+    assert "onnxruntime fp32" in alone.output and "torch" not in alone.output.split("median ms")[1]
+    bad = CliRunner().invoke(cli, ["bench", str(gan_run), "--precisions", "fp8"])
+    assert bad.exit_code == 2 and "--precisions" in bad.output
+
+
+def test_inspect_json_gives_the_decoded_metadata(gan_run, builtin_registry_module, tmp_path):
+    export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx", options={"pixels": "uint8"})
+    result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "g.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["outputs"][0]["name"] == "pixels" and info["outputs"][0]["layout"] == "NHWC"
+    assert info["producer"].startswith("aigc-kit") and info["opset_imports"]["ai.onnx"] == 18
