@@ -101,13 +101,13 @@ def training_step_seconds(trained, precision: str, batch_size: int, steps: int =
     return (time.perf_counter() - started) / steps
 
 
-def train(config_path: Path, output: Path) -> Path:
+def train(config_path: Path, output: Path, steps: int) -> Path:
     from aigc_kit.core.registry import Registry
     from aigc_kit.core.run import run
 
     started = time.perf_counter()
     run(config_path, Registry(builtin_only=True), output=output,
-        overrides=["train.progress=false", "output.overwrite=true"])
+        overrides=["train.progress=false", "output.overwrite=true", f"train.steps={steps}"])
     print(f"trained {config_path.name} in {time.perf_counter() - started:.0f} s -> {output}")
     return output
 
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished run directory to reuse (default: train the example)")
     parser.add_argument("--config", type=Path, default=EXAMPLE, help="the config to train when --run is not given")
     parser.add_argument("--output", type=Path, default=Path("runs/ddim-quality"), help="where to train")
+    parser.add_argument("--steps", type=int, default=12000,
+                        help="training steps when --run is not given (the example's 4,000 are not enough: docs/benchmarks.md)")
     parser.add_argument("--samples", type=int, default=500, help="samples per sampler")
     parser.add_argument("--real", type=int, default=2000, help="real images for the reference statistics")
     parser.add_argument("--batch", type=int, default=250)
@@ -128,7 +130,7 @@ def main() -> None:
     from aigc_kit.core.registry import Registry
     from aigc_kit.core.run import load_trained
 
-    run_dir = args.run or train(args.config, args.output)
+    run_dir = args.run or train(args.config, args.output, args.steps)
     registry = Registry(builtin_only=True)
     trained = load_trained(run_dir, registry)
     denoiser, data = trained.network, trained.components.data

@@ -159,15 +159,20 @@ def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], thread
     with tempfile.TemporaryDirectory(prefix="aigc-kit-bench-") as folder:
         sessions = {}
         for precision in precisions:
-            path = Path(folder) / f"{precision}.onnx"
-            try:
-                exported = export(source, registry, out=path, options={"precision": precision})
-            except UserError as exc:
-                progress(f"{precision}: not exported ({exc})")
-                continue
-            report.exports[precision] = {key: exported.get(key) for key in
+            for rewrite in ("keep", "subpixel"):
+                label = precision if rewrite == "keep" else f"{precision} subpixel"
+                path = Path(folder) / f"{precision}-{rewrite}.onnx"
+                try:
+                    exported = export(source, registry, out=path,
+                                      options={"precision": precision, "transposed_conv": rewrite})
+                except UserError as exc:
+                    progress(f"{label}: not exported ({exc})")
+                    continue
+                if rewrite == "subpixel" and not exported.get("subpixel_rewrites"):
+                    continue  # nothing to rewrite: the same graph as the plain export
+                report.exports[label] = {key: exported.get(key) for key in
                                          ("what", "bytes", "max_abs_error", "mean_abs_error", "export_seconds")}
-            sessions[precision] = _ort_generator(path, threads)
+                sessions[label] = _ort_generator(path, threads)
         compiled = None
         for batch in batch_sizes:
             noise = sampler.noise(batch, noise_shape, generator=torch.Generator().manual_seed(0))

@@ -345,12 +345,13 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     report = json.loads(result.output)
     paths = {(row["path"], row["batch_size"]) for row in report["timings"]}
     assert paths == {(path, batch) for batch in (1, 3) for path in (
-        "onnxruntime fp32", "onnxruntime fp16", "torch eager fp32", "torch eager bf16 autocast")}
+        "onnxruntime fp32", "onnxruntime fp32 subpixel", "onnxruntime fp16", "onnxruntime fp16 subpixel",
+        "torch eager fp32", "torch eager bf16 autocast")}
     assert report["flops_per_image"] > 0 and report["matmul_peak_gflops"] > 0
     row = report["timings"][0]
     assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
     assert row["images_per_second"] == pytest.approx(row["batch_size"] * 1000 / row["median_ms"])
-    assert set(report["exports"]) == {"fp32", "fp16"}
+    assert set(report["exports"]) == {"fp32", "fp32 subpixel", "fp16", "fp16 subpixel"}
 
     export_file = tmp_path / "g.onnx"
     CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(export_file)])
