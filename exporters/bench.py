@@ -135,7 +135,7 @@ def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], thread
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from aigc_kit.core.errors import UserError
+    from aigc_kit.core.errors import UserError, ValidationFailed
     from aigc_kit.core.run import export, load_trained
 
     threads = threads or torch.get_num_threads()
@@ -167,6 +167,10 @@ def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], thread
                                       options={"precision": precision, "transposed_conv": rewrite})
                 except UserError as exc:
                     progress(f"{label}: not exported ({exc})")
+                    continue
+                except ValidationFailed as exc:  # reported, not timed: a model that is wrong is not a candidate
+                    report.exports[label] = {"failed": str(exc)}
+                    progress(f"{label}: failed validation ({exc})")
                     continue
                 if rewrite == "subpixel" and not exported.get("subpixel_rewrites"):
                     continue  # nothing to rewrite: the same graph as the plain export
@@ -213,6 +217,9 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"  {report.flops_per_image / 1e9:.3f} GFLOP per image; "
                      f"fp32 matmul peak {report.matmul_peak_gflops:.1f} GFLOP/s")
     for precision, exported in report.exports.items():
+        if "failed" in exported:
+            lines.append(f"  {precision} export: failed validation, not timed: {exported['failed']}")
+            continue
         lines.append(f"  {precision} export: {exported['bytes']:,} bytes, max abs error vs PyTorch "
                      f"{exported['max_abs_error']:.2g} (mean {exported['mean_abs_error']:.2g})")
     header = f"  {'batch':>5}  {'path':<26} {'median ms':>10} {'p25-p75 ms':>16} {'images/s':>9} {'GFLOP/s':>8} " \

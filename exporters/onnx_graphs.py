@@ -35,8 +35,9 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     body_graph = onnx.GraphProto()
     body_graph.CopyFrom(step.graph)
     _rename_graph(body_graph, rename)
+    # The weights live in the body, once: onnxruntime treats a subgraph's own initializers as constants
+    # (pre-packing convolution weights, folding), but not values the body reads from the outer graph.
     initializers = list(body_graph.initializer)
-    del body_graph.initializer[:]
 
     image_type = [BATCH, *sample_shape]
     index, cond_in, cond_out = "iteration", "condition", "condition_out"
@@ -57,7 +58,9 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
          helper.make_tensor_value_info(rename("x"), TensorProto.FLOAT, image_type)],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
          helper.make_tensor_value_info(body_graph.output[0].name, TensorProto.FLOAT, image_type)],
-    )  # no value_info: the step's (from before a precision change, say) could contradict the loop's types
+        initializer=initializers,
+        # no value_info: the step's (from before a precision change, say) could contradict the loop's types
+    )
     outer_nodes = [
         helper.make_node("Shape", ["timesteps"], ["steps_shape"], name="steps_shape"),
         helper.make_node("Squeeze", ["steps_shape", "zero_axis"], ["step_count"], name="step_count"),
@@ -79,7 +82,7 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     inputs.append(helper.make_tensor_value_info("timesteps", TensorProto.INT64, [STEPS]))
     graph = helper.make_graph(
         outer_nodes, "sampler", inputs, [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_type)],
-        initializer=constants + initializers,
+        initializer=constants,
     )
     model = helper.make_model(graph, opset_imports=list(step.opset_import), producer_name=step.producer_name,
                               producer_version=step.producer_version)
