@@ -106,7 +106,13 @@ def bench(source: str | Path, registry: Any = None, *, batch_sizes: tuple[int, .
     source = Path(source)
     if source.suffix == ".onnx":
         return _bench_onnx_file(source, batch_sizes, threads, repeats, progress)
-    return _bench_run(source, registry, batch_sizes, threads, repeats, precisions, compile, progress)
+    import torch
+
+    previous = torch.get_num_threads()
+    try:
+        return _bench_run(source, registry, batch_sizes, threads, repeats, precisions, compile, progress)
+    finally:
+        torch.set_num_threads(previous)  # the caller's arithmetic (and its bit-exact results) is left as it was
 
 
 def _ort_generator(path: Path, threads: int | None) -> Any:
