@@ -336,11 +336,16 @@ def _echo_export(report: dict[str, Any]) -> None:
 def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
              batch_size: int, providers: str, threads: int | None) -> None:
     """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
+    from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.runtime import OnnxGenerator, grid, image
 
     if out is None and out_dir is None:
         raise click.UsageError("say where the images go: --out GRID.png and/or --out-dir DIR")
-    generator = OnnxGenerator(model, providers=providers, threads=threads)
+    try:
+        generator = OnnxGenerator(model, providers=providers, threads=threads)
+    except UserError as error:
+        error.field = "--providers" if error.field == "providers" else error.field
+        raise
     images = generator.generate(count, seed=seed, batch_size=batch_size, steps=steps)
     click.echo(f"generated {len(images)} images of {images.shape[1]}x{images.shape[2]} on {generator.provider}")
     if out is not None:
