@@ -351,8 +351,13 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
 
     from .device import evaluating
 
-    trained = load_trained(source, registry,
-                           changes={"export": {"format": format, "file": str(out), **(options or {})}})
+    try:
+        trained = load_trained(source, registry,
+                               changes={"export": {"format": format, "file": str(out), **(options or {})}})
+    except UserError as error:
+        if (error.field or "").startswith("export"):
+            error.file = None  # the export options came from the caller, not from the checkpoint's config
+        raise
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), evaluating(trained.network):
         return _export_network(registry, trained.loaded, trained.network, trained.components, Path(out))

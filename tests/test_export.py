@@ -171,6 +171,8 @@ def test_the_export_command_reports_and_refuses_bad_input(gan_run, tmp_path):
     assert "batch sizes 2, 3, 4" in result.output and "onnx reference evaluator" in result.output
     bad = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"), "--batch-sizes", "0"])
     assert bad.exit_code == 2 and "--batch-sizes" in bad.output
+    unknown = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"), "--option", "bogus=1"])
+    assert unknown.exit_code == 2 and unknown.output.startswith("error: export.bogus: unknown key")
     wrong = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"), "--what", "denoiser"])
     assert wrong.exit_code == 2 and "export.what" in wrong.output and "Traceback" not in wrong.output
 
