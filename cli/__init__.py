@@ -410,10 +410,12 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--repeats", type=click.IntRange(min=3), default=10, show_default=True, help="Timed calls per row.")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Exports to time (run directories).")
 @click.option("--no-compile", is_flag=True, help="Skip torch.compile (its first call can take a minute).")
+@click.option("--providers", default="cpu", show_default=True,
+              help="For MODEL.onnx: the onnxruntime provider(s), as for generate (e.g. openvino).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def bench(state: State, source: Path, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
-          precisions: str, no_compile: bool, as_json: bool) -> None:
+          precisions: str, no_compile: bool, providers: str, as_json: bool) -> None:
     """Time SOURCE (a run directory, or MODEL.onnx) with onnxruntime and with each PyTorch path."""
     from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.bench import bench as run_bench
@@ -426,7 +428,7 @@ def bench(state: State, source: Path, batch_sizes: tuple[int, ...], threads: int
                         given=precisions)
     registry = None if source.suffix == ".onnx" else state.registry()
     report = run_bench(source, registry, batch_sizes=batch_sizes, threads=threads, repeats=repeats, precisions=chosen,
-                       compile=not no_compile, progress=(lambda line: None) if as_json else
+                       compile=not no_compile, providers=providers, progress=(lambda line: None) if as_json else
                        (lambda line: click.echo(line, err=True)))
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
 

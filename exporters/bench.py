@@ -101,11 +101,12 @@ def matmul_peak(threads: int, size: int = 1024, repeats: int = 10) -> float:
 
 def bench(source: str | Path, registry: Any = None, *, batch_sizes: tuple[int, ...] = (1, 16, 64),
           threads: int | None = None, repeats: int = 10, precisions: tuple[str, ...] = ("fp32", "fp16", "int8"),
-          compile: bool = True, progress: Callable[[str], None] = lambda line: None) -> BenchReport:
+          compile: bool = True, progress: Callable[[str], None] = lambda line: None,
+          providers: str = "cpu") -> BenchReport:
     """Time ``source`` (a run directory, a checkpoint folder or an ONNX file) at each batch size."""
     source = Path(source)
     if source.suffix == ".onnx":
-        return _bench_onnx_file(source, batch_sizes, threads, repeats, progress)
+        return _bench_onnx_file(source, batch_sizes, threads, repeats, progress, providers)
     import torch
 
     previous = torch.get_num_threads()
@@ -115,24 +116,24 @@ def bench(source: str | Path, registry: Any = None, *, batch_sizes: tuple[int, .
         torch.set_num_threads(previous)  # the caller's arithmetic (and its bit-exact results) is left as it was
 
 
-def _ort_generator(path: Path, threads: int | None) -> Any:
+def _ort_generator(path: Path, threads: int | None, providers: str = "cpu") -> Any:
     from .runtime import OnnxGenerator
 
-    return OnnxGenerator(path, providers="cpu", threads=threads)
+    return OnnxGenerator(path, providers=providers, threads=threads)
 
 
 def _bench_onnx_file(path: Path, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
-                     progress: Callable[[str], None]) -> BenchReport:
+                     progress: Callable[[str], None], providers: str) -> BenchReport:
     import os
 
-    generator = _ort_generator(path, threads)
+    generator = _ort_generator(path, threads, providers)
     report = BenchReport(str(path), threads or os.cpu_count() or 1, repeats, None, None)
     precision = generator.metadata.get("precision", "fp32")
     for batch in batch_sizes:
         feeds = generator.feeds(batch, np.random.default_rng(0))
         times = measure(lambda f=feeds: generator.session.run(None, f), repeats)
-        report.timings.append(_timing(f"onnxruntime {precision}", batch, times, None, None))
-        progress(f"batch {batch}: onnxruntime {precision} {report.timings[-1].median_ms:.2f} ms")
+        report.timings.append(_timing(f"onnxruntime {precision} on {generator.provider}", batch, times, None, None))
+        progress(f"batch {batch}: {report.timings[-1].path} {report.timings[-1].median_ms:.2f} ms")
     return report
 
 

@@ -28,11 +28,12 @@ from aigc_kit.core.errors import UserError
 from aigc_kit.core.timesteps import sampling_timesteps
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
-AUTO_ORDER = (TENSORRT, CUDA, CPU)
+OPENVINO = "OpenVINOExecutionProvider"
+PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "openvino": OPENVINO, "cpu": CPU}
+AUTO_ORDER = (TENSORRT, CUDA, OPENVINO, CPU)
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
 
 
 def import_onnxruntime() -> Any:
@@ -40,10 +41,11 @@ def import_onnxruntime() -> Any:
     installed = [name for name in RUNTIME_DISTRIBUTIONS if _installed(name)]
     if len(installed) > 1:
         raise UserError(
-            f"both {' and '.join(installed)} are installed; they provide the same `onnxruntime` module and "
+            f"several onnxruntime distributions are installed ({', '.join(installed)}); they provide the same "
+            "`onnxruntime` module and "
             "overwrite each other's files",
-            hint="pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'aigc-kit[cpu]' "
-            "(or 'aigc-kit[gpu]' on a machine with CUDA)",
+            hint=f"pip uninstall -y {' '.join(installed)}, then pip install 'aigc-kit[cpu]' "
+            "(or 'aigc-kit[gpu]' on a machine with CUDA, 'aigc-kit[openvino]' for OpenVINO)",
         )
     try:
         import onnxruntime
@@ -58,8 +60,8 @@ def import_onnxruntime() -> Any:
 def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
     """The providers to ask onnxruntime for, best first.
 
-    ``auto``: TensorRT, then CUDA, then CPU, of those this onnxruntime has.
-    ``tensorrt``/``cuda``/``cpu`` (or full provider names, comma-separated or a
+    ``auto``: TensorRT, then CUDA, then OpenVINO, then CPU, of those this onnxruntime has.
+    ``tensorrt``/``cuda``/``openvino``/``cpu`` (or full provider names, comma-separated or a
     list): those, each of which must be available, with CPU appended as the
     fallback onnxruntime needs for operators the others lack.
     """
@@ -81,7 +83,7 @@ def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -
 class OnnxGenerator:
     """An exported generator or diffusion sampler, ready to generate images.
 
-    ``providers``: ``auto``, ``cpu``, ``cuda``, ``tensorrt`` or provider names.
+    ``providers``: ``auto``, ``cpu``, ``cuda``, ``tensorrt``, ``openvino`` or provider names.
     ``threads``: onnxruntime's intra-op threads (default: its own choice).
     ``graph_optimization``: disable, basic, extended or all.
     ``cudnn_conv_algo_search``: EXHAUSTIVE (best kernels, slow first run),
@@ -114,7 +116,8 @@ class OnnxGenerator:
         }[graph_optimization]
         if threads is not None:
             options.intra_op_num_threads = threads
-        provider_options = [{"cudnn_conv_algo_search": cudnn_conv_algo_search} if name == CUDA else {}
+        provider_options = [{"cudnn_conv_algo_search": cudnn_conv_algo_search} if name == CUDA
+                            else {"num_of_threads": str(threads)} if name == OPENVINO and threads else {}
                             for name in self.requested]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.requested,

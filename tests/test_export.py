@@ -285,6 +285,8 @@ def test_auto_providers_prefer_tensorrt_then_cuda_then_cpu():
                                                     "CPUExecutionProvider"]
     assert choose_providers("auto", ["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
         "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", ["CPUExecutionProvider", "OpenVINOExecutionProvider"]) == [
+        "OpenVINOExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cuda", everything) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     with pytest.raises(UserError) as error:
         choose_providers("cuda", ["CPUExecutionProvider"])
@@ -316,8 +318,8 @@ def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
     monkeypatch.setattr(runtime, "_installed", lambda name: True)
     with pytest.raises(UserError) as both:
         runtime.import_onnxruntime()
-    assert "onnxruntime and onnxruntime-gpu are installed" in str(both.value)
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in str(both.value)
+    assert "installed (onnxruntime, onnxruntime-gpu, onnxruntime-openvino)" in str(both.value)
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu onnxruntime-openvino" in str(both.value)
 
     monkeypatch.setattr(runtime, "_installed", lambda name: False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
@@ -359,7 +361,8 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(export_file)])
     alone = CliRunner().invoke(cli, ["bench", str(export_file), "--batch-sizes", "2", "--repeats", "3"])
     assert alone.exit_code == 0, alone.output
-    assert "onnxruntime fp32" in alone.output and "torch" not in alone.output.split("median ms")[1]
+    assert "onnxruntime fp32 on CPUExecutionProvider" in alone.output
+    assert "torch" not in alone.output.split("median ms")[1]
     bad = CliRunner().invoke(cli, ["bench", str(gan_run), "--precisions", "fp8"])
     assert bad.exit_code == 2 and "--precisions" in bad.output
 
