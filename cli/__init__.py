@@ -193,9 +193,29 @@ def _echo_outcome(outcome: Any) -> None:
     import os
 
     if os.environ.get("RANK", "0") != "0":  # in a torchrun job, process 0 reports
-        return
-    result = outcome.train
+        _leave_process_group_job()
     click.echo(f"run directory: {outcome.run_dir}")
+    _report_training(outcome)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_process_group_job()
+
+
+def _leave_process_group_job() -> None:
+    """End a torchrun process once its run is complete and its files are closed, skipping interpreter teardown.
+
+    After the process group is destroyed, gloo's and autograd's native threads can still be
+    joinable when the interpreter's C++ destructors run, which aborts the process ("terminate
+    called without an active exception") now and then, turning a finished run into a failed job.
+    """
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _report_training(outcome: Any) -> None:
+    result = outcome.train
     trained = result.steps - result.resumed_from
     rate = trained / result.seconds if result.seconds else float("nan")
     resumed = f", resumed after step {result.resumed_from}" if result.resumed_from else ""
