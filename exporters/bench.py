@@ -63,13 +63,12 @@ class BenchReport:
         return next((t for t in self.timings if t.batch_size == batch_size and t.path == path), None)
 
 
-def measure(call: Callable[[], Any], repeats: int, warmup: int = 2, min_seconds: float = 0.0) -> list[float]:
-    """Seconds per call over ``repeats`` calls (at least ``min_seconds`` in all) after ``warmup`` calls."""
+def measure(call: Callable[[], Any], repeats: int, warmup: int = 2) -> list[float]:
+    """Seconds per call over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         call()
     times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - started < min_seconds:
+    for _ in range(repeats):
         begin = time.perf_counter()
         call()
         times.append(time.perf_counter() - begin)

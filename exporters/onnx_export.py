@@ -53,7 +53,6 @@ TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1,
 class Graph:
     """One graph to trace: the module, its inputs' names and dynamic axes, and inputs for a batch size."""
 
-    kind: str
     module: torch.nn.Module
     input_names: list[str]
     output_name: str
@@ -162,7 +161,7 @@ class OnnxExporter:
             report["subpixel_rewrites"] = rewritten
         try:
             with torch.no_grad(), evaluating(network):
-                report.update(self.validate(temporary, what, network, sampler, request, tolerance))
+                report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
                 if options.reference_check:
                     report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, request)
         except ValidationFailed:
@@ -183,7 +182,7 @@ class OnnxExporter:
     def _graph(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest) -> Graph:
         noise_shape, sample_shape = tuple(request.noise_shape), tuple(request.sample_shape)
         if what == "generator":
-            return Graph("network", GeneratorGraph(network, sampler), ["z"], "image", {"z": {0: "batch"}},
+            return Graph(GeneratorGraph(network, sampler), ["z"], "image", {"z": {0: "batch"}},
                          lambda n, g: {"z": sampler.noise(n, noise_shape, generator=g)})
         if what == "denoiser":
             total = sampler.schedule.num_train_timesteps if hasattr(sampler, "schedule") else max(sampler.timesteps) + 1
@@ -192,12 +191,12 @@ class OnnxExporter:
                 return {"x_t": torch.randn(n, *sample_shape, generator=g),
                         "t": torch.randint(0, total, (n,), generator=g)}
 
-            return Graph("network", DenoiserGraph(network), ["x_t", "t"], "prediction",
+            return Graph(DenoiserGraph(network), ["x_t", "t"], "prediction",
                          {"x_t": {0: "batch"}, "t": {0: "batch"}}, denoiser_inputs)
 
         def step_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
             index = int(torch.randint(0, len(sampler.timesteps), (1,), generator=g))
-            previous = sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
+            previous = _previous(sampler, index)
             inputs = {"x": torch.randn(n, *sample_shape, generator=g),
                       "timestep": torch.tensor(sampler.timesteps[index]), "previous": torch.tensor(previous)}
             if sampler.uses_step_noise:
@@ -206,7 +205,7 @@ class OnnxExporter:
 
         names = ["x", "timestep", "previous"] + (["noise"] if sampler.uses_step_noise else [])
         axes = {name: {0: "batch"} for name in ("x", "noise") if name in names}
-        return Graph("step", StepGraph(network, sampler), names, "x_next", axes, step_inputs)
+        return Graph(StepGraph(network, sampler), names, "x_next", axes, step_inputs)
 
     def _calibration(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
                      graph: Graph) -> list[dict[str, np.ndarray]]:
@@ -218,7 +217,7 @@ class OnnxExporter:
         feeds: list[dict[str, np.ndarray]] = []
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
         for index, timestep in enumerate(sampler.timesteps):
-            previous = sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
+            previous = _previous(sampler, index)
             noise = torch.randn(x.shape, generator=generator) if sampler.uses_step_noise else None
             if what == "denoiser":
                 feeds.append({"x_t": x.numpy(), "t": np.full((count,), timestep, dtype=np.int64)})
@@ -238,8 +237,8 @@ class OnnxExporter:
 
     # -- checks -------------------------------------------------------------------------------------------------
 
-    def validate(self, path: Path, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
-                 tolerance: tuple[float, float]) -> dict[str, Any]:
+    def validate(self, path: Path, what: str, graph: Graph, network: torch.nn.Module, sampler: Any,
+                 request: ExportRequest, tolerance: tuple[float, float]) -> dict[str, Any]:
         """The ONNX checker, then onnxruntime against PyTorch at every batch size (and, for a sampler, step count)."""
         options = self.options
         try:
@@ -255,7 +254,7 @@ class OnnxExporter:
             cases.append((batch_sizes[0], sampler.timesteps[::2]))  # a step count chosen at run time
         results = []
         for batch, timesteps in cases:
-            inputs, expected = self._case(what, network, sampler, request, batch, timesteps, generator)
+            inputs, expected = self._case(what, graph, network, sampler, request, batch, timesteps, generator)
             actual = session.run([output], _numpy(inputs))[0]
             if options.pixels == "uint8":
                 actual = _from_pixels(actual, request.value_range)
@@ -284,14 +283,14 @@ class OnnxExporter:
             )
         return report
 
-    def _case(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest, batch: int,
-              timesteps: list[int] | None, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    def _case(self, what: str, graph: Graph, network: torch.nn.Module, sampler: Any, request: ExportRequest,
+              batch: int, timesteps: list[int] | None,
+              generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         """Inputs of one check and PyTorch's output for them (float, NCHW)."""
         if what == "generator":
             z = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
             return {"z": z}, sampler.sample(network, z).float().numpy()
         if what == "denoiser":
-            graph = self._graph(what, network, sampler, request)
             inputs = graph.make_inputs(batch, generator)
             return inputs, network(inputs["x_t"], inputs["t"]).float().numpy()
         if timesteps is not None:
@@ -430,14 +429,10 @@ def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, 
 
 
 def open_session(path: str | Path) -> Any:
-    """An onnxruntime session on the CPU provider; a clear error when onnxruntime is missing."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(
-            "onnxruntime is not installed, so the export cannot be validated",
-            hint="pip install 'aigc-kit[cpu]' (or '[gpu]' for onnxruntime-gpu)",
-        ) from None
+    """An onnxruntime session on the CPU provider; a clear error when onnxruntime is missing or installed twice."""
+    from .runtime import import_onnxruntime
+
+    onnxruntime = import_onnxruntime()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the overridable `timesteps` default is intended
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -454,6 +449,11 @@ def _with_steps(sampler: Any, steps: int | None) -> Any:
         return sampler.with_steps(steps)
     except ValueError as exc:
         raise UserError(str(exc), field="export.steps", given=steps) from None
+
+
+def _previous(sampler: Any, index: int) -> int:
+    """The timestep a stepwise sampler lands on after ``timesteps[index]``."""
+    return sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
 
 
 def _numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -144,12 +144,6 @@ class OnnxGenerator:
             raise UserError(f"this model's samples are not images (output shape {self.output['shape']})",
                             file=str(self.path), hint="run it with onnxruntime directly")
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(height, width, channels)`` of one generated image."""
-        channels, (height, width) = self.output["channels"], self.output["resolution"]
-        return height, width, channels
-
     def default_steps(self) -> int | None:
         """The sampler's step count from the export, or None for a generator."""
         timesteps = self._input("timesteps")
