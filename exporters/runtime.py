@@ -116,20 +116,31 @@ class OnnxGenerator:
         }[graph_optimization]
         if threads is not None:
             options.intra_op_num_threads = threads
-        provider_options = [{"cudnn_conv_algo_search": cudnn_conv_algo_search} if name == CUDA
-                            else {"num_of_threads": str(threads)} if name == OPENVINO and threads else {}
-                            for name in self.requested]
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=self.requested,
-                                                provider_options=provider_options)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
-            raise UserError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}",
-                            file=str(self.path)) from None
+        provider_options = {CUDA: {"cudnn_conv_algo_search": cudnn_conv_algo_search},
+                            OPENVINO: {"num_of_threads": str(threads)} if threads else {}}
+        self.fallback: str | None = None
+        candidates = self.requested
+        while True:
+            try:
+                self.session = ort.InferenceSession(str(self.path), options, providers=candidates,
+                                                    provider_options=[provider_options.get(name, {})
+                                                                      for name in candidates])
+                break
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
+                reason = _first_line(exc)
+                if providers != "auto" or len(candidates) < 2 or candidates[0] == CPU:
+                    hint = "try providers='cpu' (--providers cpu)" if candidates[0] != CPU else None
+                    raise UserError(f"onnxruntime cannot load the model with {candidates[0]}: {reason}",
+                                    file=str(self.path), hint=hint) from None
+                # `auto` means the best provider that can run this model: a provider that cannot
+                # (OpenVINO's cannot compile a Loop with a body, for one) hands over to the next
+                self.fallback = f"{candidates[0]} cannot run this model ({reason}); trying {candidates[1]}"
+                warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
+                candidates = candidates[1:]
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0]
-        self.fallback: str | None = None
-        if self.provider != self.requested[0]:
-            self.fallback = (f"asked for {self.requested[0]}, but onnxruntime runs {self.provider} "
+        if self.provider != candidates[0]:
+            self.fallback = (f"asked for {candidates[0]}, but onnxruntime runs {self.provider} "
                              "(check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs)")
             warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
         self.metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
@@ -205,6 +216,13 @@ class OnnxGenerator:
 
     def _input(self, name: str) -> dict[str, Any] | None:
         return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an onnxruntime error that says what went wrong (its messages run to pages)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if "does not support" in line or "not implemented" in line.lower()]
+    return (telling or lines or [type(exc).__name__])[0][:300]
 
 
 def read_metadata(properties: dict[str, str], path: str | Path = "") -> dict[str, Any]:

@@ -313,6 +313,35 @@ def test_a_silent_fallback_to_the_cpu_is_detected_and_reported(gan_run, builtin_
     assert asked["provider_options"][0] == {"cudnn_conv_algo_search": "HEURISTIC"}
     assert generator.generate(2).shape == (2, 16, 16, 3)
 
+def test_auto_hands_over_to_the_next_provider_when_one_cannot_load_the_model(gan_run, builtin_registry_module,
+                                                                            tmp_path, monkeypatch):
+    export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx")
+    real_session = onnxruntime.InferenceSession
+    tried = []
+
+    def openvino_that_refuses(path, options, providers, provider_options):
+        tried.append(list(providers))
+        if providers[0] == "OpenVINOExecutionProvider":  # what OpenVINO's provider says of a sampler's Loop
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: /long/path.cc:136\n"
+                               "OpenVINO does not support the following ONNX operations: Loop")
+        return real_session(path, options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["OpenVINOExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", openvino_that_refuses)
+    with pytest.warns(RuntimeWarning, match="OpenVINOExecutionProvider cannot run this model .OpenVINO does not "
+                                            "support the following ONNX operations: Loop.; trying CPU"):
+        generator = OnnxGenerator(tmp_path / "g.onnx")
+    assert tried == [["OpenVINOExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    assert generator.provider == "CPUExecutionProvider"
+    assert generator.generate(2).shape == (2, 16, 16, 3)
+
+    with pytest.raises(UserError) as asked_for:  # a provider asked for by name is not silently replaced
+        OnnxGenerator(tmp_path / "g.onnx", providers="openvino")
+    assert "cannot load the model with OpenVINOExecutionProvider: OpenVINO does not support" in str(asked_for.value)
+    assert "--providers cpu" in str(asked_for.value)
+
+
 
 def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
     monkeypatch.setattr(runtime, "_installed", lambda name: True)
