@@ -75,6 +75,26 @@ def measure(call: Callable[[], Any], repeats: int, warmup: int = 2) -> list[floa
     return times
 
 
+def measure_interleaved(calls: dict[str, Callable[[], Any]], repeats: int,
+                        warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls``, timed in turn: one call of each per round, ``repeats`` rounds.
+
+    On a shared machine the speed available drifts over seconds (another tenant takes a core);
+    timing the paths in turn makes each one see the same drift, so their ratios hold even when
+    the absolute times move.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    for _ in range(repeats):
+        for label, call in calls.items():
+            begin = time.perf_counter()
+            call()
+            times[label].append(time.perf_counter() - begin)
+    return times
+
+
 def _timing(path: str, batch: int, times: list[float], flops: float | None, peak: float | None,
             warmup_seconds: float | None = None) -> Timing:
     median = statistics.median(times)
@@ -186,33 +206,31 @@ def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], thread
         compiled = None
         for batch in batch_sizes:
             noise = sampler.noise(batch, noise_shape, generator=torch.Generator().manual_seed(0))
+            paths: dict[str, Callable[[], Any]] = {}
             for precision, generator in sessions.items():
                 feeds = generator.feeds(batch, np.random.default_rng(0))
-                times = measure(lambda f=feeds, g=generator: g.session.run(None, f), repeats)
-                report.timings.append(_timing(f"onnxruntime {precision}", batch, times, flops, peak))
-                progress(f"batch {batch}: onnxruntime {precision} {report.timings[-1].median_ms:.2f} ms")
+                paths[f"onnxruntime {precision}"] = lambda f=feeds, g=generator: g.session.run(None, f)
+
+            def bf16(n: torch.Tensor = noise) -> torch.Tensor:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return sample(n)
+
+            paths["torch eager fp32"] = lambda n=noise: sample(n)
+            paths["torch eager bf16 autocast"] = bf16
+            warmups: dict[str, float] = {}
+            if compile:
+                if compiled is None:
+                    compiled = torch.compile(network)
+                paths["torch.compile fp32"] = lambda n=noise, c=compiled: sample(n, c)
+                started = time.perf_counter()
+                with torch.no_grad():
+                    paths["torch.compile fp32"]()  # compiles (again, with a dynamic batch, at the second batch size)
+                warmups["torch.compile fp32"] = time.perf_counter() - started
             with torch.no_grad():
-                times = measure(lambda n=noise: sample(n), repeats)
-                report.timings.append(_timing("torch eager fp32", batch, times, flops, peak))
-                progress(f"batch {batch}: torch eager fp32 {report.timings[-1].median_ms:.2f} ms")
-
-                def bf16(n: torch.Tensor = noise) -> torch.Tensor:
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        return sample(n)
-
-                times = measure(bf16, repeats)
-                report.timings.append(_timing("torch eager bf16 autocast", batch, times, flops, peak))
-                progress(f"batch {batch}: torch eager bf16 {report.timings[-1].median_ms:.2f} ms")
-                if compile:
-                    if compiled is None:
-                        compiled = torch.compile(network)
-                    started = time.perf_counter()
-                    sample(noise, compiled)  # compiles (again, with a dynamic batch, at the second batch size)
-                    warmup_seconds = time.perf_counter() - started
-                    times = measure(lambda n=noise, c=compiled: sample(n, c), repeats)
-                    report.timings.append(_timing("torch.compile fp32", batch, times, flops, peak, warmup_seconds))
-                    progress(f"batch {batch}: torch.compile {report.timings[-1].median_ms:.2f} ms "
-                             f"(first call {warmup_seconds:.1f} s)")
+                times = measure_interleaved(paths, repeats)
+            for label, seconds in times.items():
+                report.timings.append(_timing(label, batch, seconds, flops, peak, warmups.get(label)))
+                progress(f"batch {batch}: {label} {report.timings[-1].median_ms:.2f} ms")
     return report
 
 

@@ -403,3 +403,13 @@ def test_inspect_json_gives_the_decoded_metadata(gan_run, builtin_registry_modul
     info = json.loads(result.output)
     assert info["outputs"][0]["name"] == "pixels" and info["outputs"][0]["layout"] == "NHWC"
     assert info["producer"].startswith("aigc-kit") and info["opset_imports"]["ai.onnx"] == 18
+
+
+def test_paths_are_timed_in_turn_so_that_drift_reaches_each_alike():
+    from aigc_kit.exporters.bench import measure_interleaved
+
+    order = []
+    times = measure_interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3,
+                                warmup=1)
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert {label: len(seconds) for label, seconds in times.items()} == {"a": 3, "b": 3}
