@@ -26,6 +26,7 @@ class State:
     debug: bool = False
     plugins: tuple[str, ...] = ()
     strict: bool = False
+    trace: bool = False
     _registry: Any = field(default=None, repr=False)
 
     def registry(self) -> Any:
@@ -33,7 +34,8 @@ class State:
             from aigc_kit.core.errors import UserError
             from aigc_kit.core.registry import Registry
 
-            registry = Registry(strict=True if self.strict else None)
+            trace = (lambda line: click.echo(f"trace: {line}", err=True)) if self.trace else None
+            registry = Registry(strict=True if self.strict else None, trace=trace)
             for reference in self.plugins:
                 try:
                     registry.load_local(reference, base_dir=Path.cwd())
@@ -244,11 +246,15 @@ def validate(state: State, config: Path, overrides: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: plugins and every component with its options.")
+@click.option("--trace", is_flag=True,
+              help="Print each hook call to stderr: which plugin answered and what it returned "
+                   "(also AIGC_KIT_TRACE_PLUGINS=1, for any command).")
 @click.pass_obj
-def plugins(state: State, as_json: bool) -> None:
+def plugins(state: State, as_json: bool, trace: bool) -> None:
     """List plugins: distribution, version, source, hooks, components and status."""
     from aigc_kit.core.plugin_api import KINDS
 
+    state.trace = state.trace or trace
     registry = state.registry()
     records = registry.plugins()
     if as_json:
@@ -265,6 +271,8 @@ def plugins(state: State, as_json: bool) -> None:
             click.echo(f"    hooks: {', '.join(record.hooks)}")
         if record.error:
             click.echo(f"    error: {record.error}")
+        for warning in record.warnings:
+            click.echo(f"    warning: {warning}")
     for kind in KINDS:
         for name in registry.names(kind):
             spec = registry.spec(kind, name)

@@ -10,7 +10,11 @@ Component names should be lower-case words joined by ``-`` (``gan-bce``);
 two plugins may offer the same name, and a user then addresses each as
 ``plugin:name``.
 
-Hook API version: :data:`aigc_kit.core.plugin_api.HOOK_API_VERSION`.
+Hook API version: :data:`aigc_kit.core.plugin_api.HOOK_API_VERSION`. The API
+evolves compatibly within a major version: a hook may gain arguments (an
+implementation may take fewer, and pluggy passes only those it names), and a
+hook on its way out is marked with :func:`deprecated_hookspec`, so a plugin
+implementing it is warned for at least one minor version before it goes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import pluggy
 from .plugin_api import PROJECT_NAME, ComponentSpec
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+def deprecated_hookspec(name: str, since: str, removed_in: str, instead: str) -> pluggy.HookspecMarker:
+    """The marker of a hook being retired: a plugin that implements it is warned when it is loaded.
+
+    ``aigc-kit plugins`` shows the warning beside the plugin.
+    """
+    return hookspec(warn_on_impl=DeprecationWarning(
+        f"the hook {name} is deprecated since aigc-kit {since} and goes in {removed_in}; implement {instead} instead"))
 
 
 @hookspec

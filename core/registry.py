@@ -11,6 +11,17 @@ is unregistered and reported (``aigc-kit plugins``) and the others carry on,
 unless ``AIGC_KIT_STRICT_PLUGINS=1``. ``AIGC_KIT_DISABLE_PLUGINS=a,b`` keeps
 the named plugins (entry-point or distribution names) from being imported.
 
+A plugin says which hosts it works with, and is refused (``failed``, with the
+reason) on any other, before its hooks are called:
+
+* its distribution's requirement on ``aigc-kit`` (checked before it is imported);
+* ``requires_aigc_kit = ">=0.1,<1"`` in its module: the aigc-kit versions it supports;
+* ``requires_hook_api = ">=1,<2"`` in its module: the hook API versions it supports
+  (:data:`~aigc_kit.core.plugin_api.HOOK_API_VERSION`).
+
+``AIGC_KIT_TRACE_PLUGINS=1`` (or ``aigc-kit plugins --trace``) prints each hook
+call: which plugin answered and what it returned.
+
 The Python API::
 
     from aigc_kit.core import registry
@@ -29,21 +40,26 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
 from pydantic import ValidationError
 
 from . import hookspecs
 from .errors import UserError, did_you_mean, from_validation_error
-from .plugin_api import KINDS, PROJECT_NAME, ComponentSpec
+from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec
 
 DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
 STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
+TRACE_ENV = "AIGC_KIT_TRACE_PLUGINS"
 OWN_DISTRIBUTION = "aigc-kit"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -65,6 +81,8 @@ class PluginRecord:
     hooks: list[str] = field(default_factory=list)
     components: list[str] = field(default_factory=list)
     """``kind:name`` of each component the plugin offers."""
+    warnings: list[str] = field(default_factory=list)
+    """Warnings raised while registering it (a deprecated hook, for one)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,7 +93,8 @@ class Registry:
 
     ``Registry(entry_points=False)`` discovers nothing: tests register the
     plugin under test with :meth:`add_plugin`. ``builtin_only=True`` loads
-    only aigc-kit's own plugins.
+    only aigc-kit's own plugins. ``trace`` receives one line per hook call
+    (default: stderr when ``AIGC_KIT_TRACE_PLUGINS`` is set).
     """
 
     def __init__(
@@ -85,16 +104,21 @@ class Registry:
         disabled: Iterable[str] | None = None,
         strict: bool | None = None,
         builtin_only: bool = False,
+        trace: Callable[[str], None] | None = None,
     ) -> None:
         self.plugin_manager = pluggy.PluginManager(PROJECT_NAME)
         self.plugin_manager.add_hookspecs(hookspecs)
+        if trace is None and _truthy(os.environ.get(TRACE_ENV, "")):
+            trace = _print_to_stderr
+        if trace is not None:
+            self._trace_hook_calls(trace)
         self.records: dict[str, PluginRecord] = {}
         self._specs: dict[str, list[ComponentSpec]] = {kind: [] for kind in KINDS}
         if disabled is None:
             disabled = os.environ.get(DISABLE_ENV, "").split(",")
         self.disabled = {name.strip() for name in disabled if name.strip()}
         if strict is None:
-            strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+            strict = _truthy(os.environ.get(STRICT_ENV, ""))
         self.strict = strict
         self.builtin_only = builtin_only
         if entry_points:
@@ -131,6 +155,12 @@ class Registry:
             if entry_point.name in self.disabled or (distribution and distribution in self.disabled):
                 record.status = "disabled"
                 self.records[record.name] = record
+                continue
+            problem = None if builtin else _distribution_problem(entry_point.dist)
+            if problem:
+                record.status = "failed"
+                record.error = problem
+                self._fail(record, record.name)
                 continue
             try:
                 plugin = entry_point.load()
@@ -206,7 +236,15 @@ class Registry:
         """Register ``plugin`` and collect its components, all or nothing."""
         manager = self.plugin_manager
         try:
-            manager.register(plugin, name=record.name)
+            problem = _declared_problem(plugin)
+            if problem:
+                raise IncompatiblePlugin(problem)
+            with warnings.catch_warnings(record=True) as raised:
+                warnings.simplefilter("always")
+                manager.register(plugin, name=record.name)
+            for warning in raised:  # kept for `aigc-kit plugins`, and passed on
+                record.warnings.append(str(warning.message))
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
             manager.check_pending()
             record.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
             specs = self._collect(plugin, record)
@@ -214,7 +252,7 @@ class Registry:
             if manager.get_plugin(record.name) is not None:
                 manager.unregister(name=record.name)
             record.status = "failed"
-            record.error = f"{type(exc).__name__}: {exc}"
+            record.error = str(exc) if isinstance(exc, IncompatiblePlugin) else f"{type(exc).__name__}: {exc}"
             if raise_errors:
                 self.records[record.name] = record
                 return False
@@ -269,6 +307,21 @@ class Registry:
         if self.strict:
             message = f"plugin {record.name!r} ({_provider(record)}) failed to load: {record.error}"
             raise UserError(message, hint=f"unset {STRICT_ENV} to skip failing plugins") from exc
+
+    def _trace_hook_calls(self, trace: Callable[[str], None]) -> None:
+        """Report each hook call through pluggy's monitoring: the hook, who answered, what came back."""
+
+        def before(hook_name: str, implementations: list[Any], kwargs: dict[str, Any]) -> None:
+            trace(f"call {hook_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+
+        def after(outcome: Any, hook_name: str, implementations: list[Any], kwargs: dict[str, Any]) -> None:
+            answered = ", ".join(impl.plugin_name for impl in implementations) or "no plugin"
+            if outcome.exception is not None:
+                trace(f"  {hook_name} <- {answered}: raised {type(outcome.exception).__name__}: {outcome.exception}")
+                return
+            trace(f"  {hook_name} <- {answered}: {_summary(outcome.get_result())}")
+
+        self.plugin_manager.add_hookcall_monitoring(before, after)
 
     # -- lookup ------------------------------------------------------------
 
@@ -356,6 +409,71 @@ class Registry:
     def plugins(self) -> list[PluginRecord]:
         """Every plugin seen, loaded, failed or disabled."""
         return list(self.records.values())
+
+
+class IncompatiblePlugin(Exception):
+    """A plugin declares that it does not support this aigc-kit or its hook API."""
+
+
+def host_version() -> str:
+    """The installed aigc-kit's version."""
+    try:
+        return metadata.version(OWN_DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0"
+
+
+def _distribution_problem(distribution: metadata.Distribution | None) -> str | None:
+    """Why the distribution's own requirement on aigc-kit rules this host out, if it does."""
+    for line in (distribution.requires or []) if distribution else []:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if _normalise(requirement.name) != OWN_DISTRIBUTION:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an optional extra's requirement
+        if not requirement.specifier.contains(Version(host_version()), prereleases=True):
+            return _incompatible(f"{distribution.name} {distribution.version} requires aigc-kit{requirement.specifier}",
+                                 f"aigc-kit {host_version()}")
+    return None
+
+
+def _declared_problem(plugin: Any) -> str | None:
+    """Why the plugin's ``requires_aigc_kit`` or ``requires_hook_api`` rules this host out, if it does."""
+    for attribute, version, what in (("requires_aigc_kit", host_version(), "aigc-kit"),
+                                     ("requires_hook_api", HOOK_API_VERSION, "hook API")):
+        declared = getattr(plugin, attribute, None)
+        if declared is None:
+            continue
+        try:
+            supported = SpecifierSet(str(declared))
+        except InvalidSpecifier:
+            return f"{attribute} = {declared!r} is not a version specifier (write it like '>=1.0,<2')"
+        if not supported.contains(Version(version), prereleases=True):
+            return _incompatible(f"it declares {attribute} = {str(supported)!r}", f"{what} {version}")
+    return None
+
+
+def _incompatible(wants: str, have: str) -> str:
+    return (f"incompatible: {wants}, and this is {have}; install a release of the plugin that supports "
+            f"it, or an aigc-kit the plugin supports")
+
+
+def _summary(result: Any) -> str:
+    """A hook's result, short: the names of the specs it returned."""
+    specs = [spec for item in (result or []) for spec in (item if isinstance(item, list) else [item])]
+    names = [getattr(spec, "name", repr(spec)) for spec in specs]
+    return f"[{', '.join(names)}]" if names else "nothing"
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _print_to_stderr(line: str) -> None:
+    print(f"aigc-kit trace: {line}", file=sys.stderr)
 
 
 def describe_options(options_model: Any) -> list[dict[str, Any]]:

@@ -64,7 +64,7 @@ def write_config(tmp_path: Path):
 
 @pytest.fixture
 def plugin_distribution(tmp_path: Path, monkeypatch):
-    """Install fake distributions on sys.path: ``make(dist, version, {entry_name: module_source})``.
+    """Install fake distributions on sys.path: ``make(dist, version, {entry_name: module_source}, requires)``.
 
     Each entry point becomes a module of that name and an entry in the
     distribution's ``entry_points.txt`` under the ``aigc_kit`` group, so
@@ -75,10 +75,12 @@ def plugin_distribution(tmp_path: Path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     created: list[str] = []
 
-    def make(distribution: str, version: str, plugins: dict[str, str]) -> None:
+    def make(distribution: str, version: str, plugins: dict[str, str], requires: tuple[str, ...] = ()) -> None:
         info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+        requirements = "".join(f"Requires-Dist: {line}\n" for line in requires)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n"
+                                       + requirements)
         lines = ["[aigc_kit]"]
         for entry_name, source in plugins.items():
             module = f"testplug_{distribution.replace('-', '_')}_{entry_name}"

@@ -185,3 +185,85 @@ def test_two_distributions_with_the_same_plugin_name_are_both_named(plugin_distr
     assert len(failed) == 1 and registry.records["same"].status == "loaded"
     loaded_from = registry.records["same"].distribution
     assert loaded_from in failed[0].error and failed[0].distribution != loaded_from
+
+
+NEEDS_A_FUTURE_HOST = GOOD + """
+requires_aigc_kit = ">=99"
+"""
+
+
+def test_a_plugin_whose_distribution_needs_another_aigc_kit_is_refused_before_it_is_imported(plugin_distribution):
+    plugin_distribution("future-plugins", "2.0", {"future": BROKEN_IMPORT}, requires=("aigc-kit>=99", "numpy"))
+    plugin_distribution("extra-plugins", "1.0", {"extra": GOOD}, requires=('aigc-kit>=99; extra == "dev"',))
+    registry = Registry(disabled=(), strict=False)
+    future = registry.records["future"]
+    assert future.status == "failed"
+    assert future.error.startswith("incompatible: future-plugins 2.0 requires aigc-kit>=99, and this is aigc-kit ")
+    assert "this plugin is broken" not in future.error  # refused without running its code
+    assert registry.records["extra"].status == "loaded"  # a requirement of an optional extra is not the host's
+    with pytest.raises(UserError, match="incompatible: future-plugins 2.0 requires aigc-kit>=99"):
+        Registry(disabled=(), strict=True)
+
+
+@pytest.mark.parametrize(("declaration", "refusal"), [
+    ('requires_aigc_kit = ">=99"', "it declares requires_aigc_kit = '>=99', and this is aigc-kit "),
+    ('requires_hook_api = ">=2,<3"', "it declares requires_hook_api = '<3,>=2', and this is hook API 1.0"),
+    ('requires_hook_api = "one point oh"', "requires_hook_api = 'one point oh' is not a version specifier"),
+])
+def test_a_plugin_declaring_versions_this_host_is_not_is_refused(plugin_distribution, declaration, refusal):
+    plugin_distribution("picky-plugins", "1.0", {"picky": GOOD + declaration + "\n"})
+    registry = Registry(disabled=(), strict=False)
+    record = registry.records["picky"]
+    assert record.status == "failed" and refusal in record.error
+    assert "tiny" not in registry.names("model") and registry.plugin_manager.get_plugin("picky") is None
+
+
+def test_a_plugin_declaring_the_versions_this_host_is_loads(plugin_distribution):
+    plugin_distribution("modest-plugins", "1.0", {"modest": GOOD + 'requires_hook_api = ">=1,<2"\n'
+                                                  'requires_aigc_kit = ">=0.1"\n'})
+    assert Registry(disabled=(), strict=False).records["modest"].status == "loaded"
+
+
+def test_a_local_plugin_for_another_host_is_an_error(tmp_path):
+    (tmp_path / "future.py").write_text(NEEDS_A_FUTURE_HOST)
+    with pytest.raises(UserError, match="could not be loaded: incompatible: it declares requires_aigc_kit"):
+        Registry(entry_points=False).load_local(str(tmp_path / "future.py"))
+
+
+def test_tracing_shows_which_plugin_answered_each_hook_call(plugin_distribution):
+    plugin_distribution("good-plugins", "1.0", {"good": GOOD})
+    lines: list[str] = []
+    Registry(disabled=(), strict=False, trace=lines.append)
+    assert "call aigc_register_models()" in lines
+    assert "  aigc_register_models <- good: [tiny]" in lines
+    assert "  aigc_register_models <- dcgan: [dcgan, wgan]" in lines
+
+
+def test_tracing_is_switched_on_by_the_environment(plugin_distribution, monkeypatch, capsys):
+    plugin_distribution("good-plugins", "1.0", {"good": GOOD})
+    monkeypatch.setenv("AIGC_KIT_TRACE_PLUGINS", "1")
+    Registry(disabled=(), strict=False)
+    assert "aigc-kit trace:   aigc_register_models <- good: [tiny]" in capsys.readouterr().err
+
+
+def test_implementing_a_deprecated_hook_warns_when_the_plugin_loads():
+    import types
+
+    from aigc_kit.core.hookspecs import deprecated_hookspec
+    from aigc_kit.core.plugin_api import hookimpl
+
+    class RetiringSpecs:
+        @deprecated_hookspec("aigc_register_old_models", since="1.1", removed_in="1.2",
+                             instead="aigc_register_models")
+        def aigc_register_old_models(self):
+            """A hook on its way out."""
+
+    plugin = types.ModuleType("old_style")
+    plugin.aigc_register_old_models = hookimpl(lambda: [])
+    registry = Registry(entry_points=False)
+    registry.plugin_manager.add_hookspecs(RetiringSpecs)
+    with pytest.warns(DeprecationWarning, match="aigc_register_old_models is deprecated since aigc-kit 1.1"):
+        record = registry.add_plugin(plugin, "old_style")
+    assert record.status == "loaded"
+    assert record.warnings == ["the hook aigc_register_old_models is deprecated since aigc-kit 1.1 and goes in 1.2; "
+                               "implement aigc_register_models instead"]
