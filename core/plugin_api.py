@@ -245,6 +245,13 @@ class Exporter(Protocol):
         model disagrees with PyTorch, and leave no file at ``request.path``.
         """
 
+    def load(self, path: str) -> Callable[[Any], Any]:
+        """Optional: the written file as a function ``run(noise) -> samples`` on NumPy arrays.
+
+        The conformance kit (:func:`aigc_kit.testing.check_exporter`) compares it with
+        PyTorch; the ``onnx`` exporter offers it for generator and sampler graphs.
+        """
+
 
 # ---------------------------------------------------------------------------
 # Helpers for model factories.

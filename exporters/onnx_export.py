@@ -179,6 +179,27 @@ class OnnxExporter:
 
     # -- what is traced ------------------------------------------------------------------------------------------
 
+    def load(self, path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+        """The exported file as a function of noise: ``run(noise) -> samples`` (NCHW floats, as PyTorch gives them).
+
+        For generator graphs and samplers without step noise; a denoiser takes more than noise.
+        """
+        from .runtime import read_metadata
+
+        session = open_session(path)
+        metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
+        inputs = [spec["name"] for spec in metadata["inputs"] if spec["name"] != "timesteps"]
+        if len(inputs) != 1:
+            raise UserError(f"this {metadata['graph']} graph takes {', '.join(inputs)}, not noise alone",
+                            file=str(path), hint="run it with onnxruntime directly")
+        output = metadata["outputs"][0]
+
+        def run(noise: np.ndarray) -> np.ndarray:
+            result = session.run([output["name"]], {inputs[0]: np.asarray(noise, dtype=np.float32)})[0]
+            return _from_pixels(result, tuple(output["value_range"])) if output["dtype"] == "uint8" else result
+
+        return run
+
     def _graph(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest) -> Graph:
         noise_shape, sample_shape = tuple(request.noise_shape), tuple(request.sample_shape)
         if what == "generator":
