@@ -39,10 +39,16 @@ def deprecated_hookspec(name: str, since: str, removed_in: str, instead: str) ->
 def aigc_register_models() -> list[ComponentSpec]:
     """Offer model components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options, data_shape=None)`` and
     returns a :class:`~aigc_kit.core.plugin_api.ModelBundle`; ``data_shape``
     is one data sample's shape when the model is built for a run.
+
+    Example::
+
+        @hookimpl
+        def aigc_register_models():
+            return [ComponentSpec("tiny", build_tiny, "A one-layer generator.", TinyOptions)]
     """
 
 
@@ -50,10 +56,17 @@ def aigc_register_models() -> list[ComponentSpec]:
 def aigc_register_losses() -> list[ComponentSpec]:
     """Offer loss components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options)`` and returns an object
     following :class:`~aigc_kit.core.plugin_api.Loss`: a list of ``phases``
     and ``compute(phase, batch, bundle, step) -> (loss, logs)``.
+
+    Example::
+
+        @hookimpl
+        def aigc_register_losses():
+            return [ComponentSpec("ragan", lambda options: RaganLoss(options), "Relativistic average GAN loss.",
+                                  RaganOptions)]
     """
 
 
@@ -61,10 +74,18 @@ def aigc_register_losses() -> list[ComponentSpec]:
 def aigc_register_samplers() -> list[ComponentSpec]:
     """Offer sampler components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options)`` and returns an object
     following :class:`~aigc_kit.core.plugin_api.Sampler`:
-    ``noise(n, shape, generator, device)`` and ``sample(network, noise, generator)``.
+    ``noise(n, shape, generator, device)`` and ``sample(network, noise, generator)``;
+    a sampler that also follows :class:`~aigc_kit.core.plugin_api.StepwiseSampler`
+    is exported to ONNX as one loop.
+
+    Example::
+
+        @hookimpl
+        def aigc_register_samplers():
+            return [ComponentSpec("sphere", lambda options: SphereSampler(options), "Noise on a sphere.")]
     """
 
 
@@ -72,9 +93,18 @@ def aigc_register_samplers() -> list[ComponentSpec]:
 def aigc_register_datasets() -> list[ComponentSpec]:
     """Offer dataset components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options)`` and returns a
-    :class:`~aigc_kit.core.plugin_api.DatasetBundle`.
+    :class:`~aigc_kit.core.plugin_api.DatasetBundle`: a map-style dataset of
+    float tensors and its :class:`~aigc_kit.core.plugin_api.DatasetInfo`
+    (shape, value range, how samples are pictured). Item ``i`` should depend
+    only on the options and ``i``, so that runs resume exactly.
+
+    Example::
+
+        @hookimpl
+        def aigc_register_datasets():
+            return [ComponentSpec("stripes", build_stripes, "Coloured stripes.", StripesOptions)]
     """
 
 
@@ -82,12 +112,18 @@ def aigc_register_datasets() -> list[ComponentSpec]:
 def aigc_register_metrics() -> list[ComponentSpec]:
     """Offer metric components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options, data=None)`` and returns
     an object following :class:`~aigc_kit.core.plugin_api.Metric`:
     ``update(samples)`` and ``compute() -> dict[str, float]``; ``data`` is the
     run's :class:`~aigc_kit.core.plugin_api.DatasetBundle` (real samples,
     or facts such as a mixture's mode centres).
+
+    Example::
+
+        @hookimpl
+        def aigc_register_metrics():
+            return [ComponentSpec("mean-brightness", build_brightness, "Mean pixel value.")]
     """
 
 
@@ -95,9 +131,18 @@ def aigc_register_metrics() -> list[ComponentSpec]:
 def aigc_register_exporters() -> list[ComponentSpec]:
     """Offer exporter components.
 
-    Called once when the registry loads the plugin.
+    Called once when the registry loads the plugin, with no arguments.
     Return specs whose factory is ``factory(options)`` and returns an object
-    following :class:`~aigc_kit.core.plugin_api.Exporter`.
+    following :class:`~aigc_kit.core.plugin_api.Exporter`: ``export(request)``
+    writes the file an :class:`~aigc_kit.core.plugin_api.ExportRequest` names,
+    checks it against PyTorch and returns a report; ``load(path)``, if offered,
+    runs the file on noise (the conformance kit uses it).
+
+    Example::
+
+        @hookimpl
+        def aigc_register_exporters():
+            return [ComponentSpec("pt2", build_pt2_exporter, "A torch.export program.", Pt2Options)]
     """
 
 

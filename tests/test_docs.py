@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from aigc_kit.cli import cli
 from aigc_kit.core import hookspecs
-from aigc_kit.core.reference import config_reference
+from aigc_kit.cli.reference import cli_reference
+from aigc_kit.core.reference import config_reference, hook_reference
 from aigc_kit.core.registry import Registry
 
 from .conftest import tiny_config
@@ -21,6 +22,23 @@ def test_configuration_reference_is_current():
     expected = config_reference(Registry(disabled=(), strict=True, builtin_only=True))
     committed = (DOCS / "configuration.md").read_text()
     assert committed == expected, "run: python -m aigc_kit.core.reference > docs/configuration.md"
+
+
+def test_hook_reference_is_current_and_every_hook_has_a_signature_and_an_example():
+    committed = (DOCS / "hooks.md").read_text()
+    assert committed == hook_reference(), "run: python -m aigc_kit.core.reference hooks > docs/hooks.md"
+    specified = {name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "aigc_kit_spec")}
+    assert specified == set(hookspecs.HOOK_FOR_KIND.values())  # the reference walks HOOK_FOR_KIND
+    for name in hookspecs.HOOK_FOR_KIND.values():
+        assert f"def {name}() -> list[ComponentSpec]:" in committed
+        assert "Example::" in getattr(hookspecs, name).__doc__, f"{name} has no example"
+
+
+def test_cli_reference_is_current():
+    committed = (DOCS / "cli.md").read_text()
+    assert committed == cli_reference(), "run: python -m aigc_kit.cli.reference > docs/cli.md"
+    for name in cli.commands:
+        assert f"## `aigc-kit {name}`" in committed
 
 
 def test_every_hook_is_documented_with_its_factory():
