@@ -30,7 +30,7 @@ from typing import Any
 from aigc_kit.core.plugin_api import DatasetBundle, ExportRequest, ModelBundle
 from aigc_kit.core.registry import Registry
 
-__all__ = ["isolated_registry", "check_model", "check_loss", "check_sampler", "check_dataset", "check_exporter"]
+__all__ = ["check_dataset", "check_exporter", "check_loss", "check_model", "check_sampler", "isolated_registry"]
 
 
 def isolated_registry(*plugins: Any, builtins: bool = True) -> Registry:

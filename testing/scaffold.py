@@ -107,15 +107,15 @@ def _minor(version: str) -> str:
 
 
 def _imports(kinds: tuple[str, ...]) -> str:
-    """One sorted import block for the chosen kinds' torch code: standard library, torch, aigc-kit."""
+    """The chosen kinds' imports, sorted as isort does: the standard library, then torch and aigc-kit together."""
     wanted: dict[str, set[str]] = {}
     for kind in kinds:
         for module, names in _IMPORTS[kind].items():
             wanted.setdefault(module, set()).update(names)
-    groups: list[list[str]] = [[], [], []]
+    groups: list[list[str]] = [[], []]
     for module in sorted(wanted):
         names = sorted(wanted[module])
-        group = groups[2] if module.startswith("aigc_kit") else groups[1] if module.startswith("torch") else groups[0]
+        group = groups[1] if module.startswith(("torch", "aigc_kit")) else groups[0]
         if module == "torch.nn.functional":
             group.append("import torch.nn.functional as F")
         elif module == "torch.nn":

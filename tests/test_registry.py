@@ -258,12 +258,16 @@ def test_implementing_a_deprecated_hook_warns_when_the_plugin_loads():
         def aigc_register_old_models(self):
             """A hook on its way out."""
 
+    @hookimpl
+    def aigc_register_old_models():
+        return []
+
     plugin = types.ModuleType("old_style")
-    plugin.aigc_register_old_models = hookimpl(lambda: [])
+    plugin.aigc_register_old_models = aigc_register_old_models
     registry = Registry(entry_points=False)
     registry.plugin_manager.add_hookspecs(RetiringSpecs)
     with pytest.warns(DeprecationWarning, match="aigc_register_old_models is deprecated since aigc-kit 1.1"):
         record = registry.add_plugin(plugin, "old_style")
     assert record.status == "loaded"
-    assert record.warnings == ["the hook aigc_register_old_models is deprecated since aigc-kit 1.1 and goes in 1.2; "
-                               "implement aigc_register_models instead"]
+    assert record.warnings == [("the hook aigc_register_old_models is deprecated since aigc-kit 1.1 and goes in 1.2; "
+                                "implement aigc_register_models instead")]

@@ -44,7 +44,8 @@ def test_a_generated_package_installs_is_discovered_passes_its_tests_trains_and_
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("AIGC_KIT", "PYTEST"))}
 
     def run(*arguments: str) -> str:
-        done = subprocess.run([str(python), *arguments], cwd=package, env=environment, capture_output=True, text=True)
+        done = subprocess.run([str(python), *arguments], cwd=package, env=environment, capture_output=True,
+                              text=True, check=False)
         assert done.returncode == 0, f"{' '.join(arguments)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 

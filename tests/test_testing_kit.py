@@ -68,7 +68,8 @@ def test_a_model_whose_samples_have_the_wrong_shape_fails():
 class DetachedGeneratorLoss:
     """A GAN loss whose generator phase forgets to backpropagate into the generator."""
 
-    phases = [Phase("discriminator", ("discriminator",)), Phase("generator", ("generator",), uses_data=False)]
+    def __init__(self):
+        self.phases = [Phase("discriminator", ("discriminator",)), Phase("generator", ("generator",), uses_data=False)]
 
     def compute(self, phase, batch, bundle, step):
         fake = bundle.networks["generator"](torch.randn(batch.shape[0], bundle.noise_shape[0])).detach()
