@@ -21,6 +21,13 @@ def draw_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = 
 
     ``backgrounds`` is ``"varied"`` (a random colour per image) or ``"black"``.
     """
+    image, kind, _ = draw_labelled_shape(index, seed, resolution, kinds, backgrounds)
+    return image, kind
+
+
+def draw_labelled_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = KINDS,
+                        backgrounds: str = "varied") -> tuple[Image.Image, str, tuple[int, int, int]]:
+    """As :func:`draw_shape`, with the shape's colour (RGB, 0-255) as well."""
     rng = np.random.default_rng([seed, index])
     kind = kinds[int(rng.integers(len(kinds)))]
     background = rng.integers(0, 256, 3)
@@ -44,7 +51,7 @@ def draw_shape(index: int, seed: int, resolution: int, kinds: tuple[str, ...] = 
         points = [(cx + scale * math.cos(angle + 2 * math.pi * k / corners),
                    cy + scale * math.sin(angle + 2 * math.pi * k / corners)) for k in range(corners)]
         draw.polygon(points, fill=fill)
-    return image.resize((resolution, resolution), Image.Resampling.BOX), kind
+    return image.resize((resolution, resolution), Image.Resampling.BOX), kind, fill
 
 
 class ShapesDataset(torch.utils.data.Dataset):
