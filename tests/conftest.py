@@ -20,8 +20,24 @@ BUILTIN_PLUGINS = {
     "mlp": "aigc_kit.plugins.mlp",
     "mixtures": "aigc_kit.plugins.mixtures",
     "diffusion": "aigc_kit.plugins.diffusion",
+    "metrics": "aigc_kit.plugins.metrics",
     "onnx": "aigc_kit.exporters.onnx",
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def feature_cache(tmp_path_factory):
+    """Real-data features are cached in a folder of the test session, not the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("aigc-kit-cache")
+    previous = os.environ.get("AIGC_KIT_CACHE")
+    os.environ["AIGC_KIT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("AIGC_KIT_CACHE", None)
+    else:
+        os.environ["AIGC_KIT_CACHE"] = previous
 
 
 @pytest.fixture
