@@ -116,6 +116,8 @@ def cli(ctx: click.Context, debug: bool, plugins: tuple[str, ...], strict_plugin
     aigc-kit generate model.onnx --out grid.png images from the export, without PyTorch
     aigc-kit inspect model.onnx                 what an exported model is and where it came from
     aigc-kit bench runs/NAME                    onnxruntime against PyTorch, side by side
+    aigc-kit eval runs/NAME --metric fid        sample quality, of a run or of its export
+    aigc-kit report runs/NAME                   one HTML page: curves, samples, config, environment
     aigc-kit new-plugin aigc-kit-tiny           a plugin package to start from, with its tests
     """
     ctx.obj = State(debug=debug, plugins=plugins, strict=strict_plugins)
@@ -279,6 +281,60 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
             spec = registry.spec(kind, name)
             if name != spec.name or sum(s.name == spec.name for s in registry.specs(kind)) > 1:
                 click.echo(f"note: the {kind} name {spec.name!r} is offered by several plugins; use {name!r}")
+
+
+@cli.command("eval")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--metric", "metrics", multiple=True, required=True, metavar="NAME",
+              help="A metric to compute (repeatable): fid, kid, precision-recall, density-coverage, ...")
+@click.option("--option", "extra", multiple=True, metavar="METRIC.KEY=VALUE",
+              help="A metric's option (repeatable; values are YAML), e.g. --option fid.real_samples=5000.")
+@click.option("-n", "count", type=click.IntRange(min=2), default=10000, show_default=True,
+              help="Generated samples to evaluate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the noise.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The JSON report (default: RUN_DIR/eval.json, or MODEL.eval.json beside an ONNX file).")
+@click.pass_obj
+def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tuple[str, ...], count: int, seed: int,
+                 out: Path | None) -> None:
+    """Compute metrics of SOURCE's samples: a run directory, a checkpoint folder or an exported MODEL.onnx."""
+    import yaml
+
+    requested: dict[str, dict[str, Any]] = {name: {} for name in metrics}
+    for item in extra:
+        key, separator, value = item.partition("=")
+        metric, dot, option = key.strip().partition(".")
+        if not separator or not dot or metric not in requested:
+            raise click.BadParameter(f"expected METRIC.KEY=VALUE for a metric given with --metric, got {item!r}",
+                                     param_hint="--option")
+        requested[metric][option] = yaml.safe_load(value)
+    if source.suffix == ".onnx":
+        from aigc_kit.exporters.evaluate import evaluate_onnx
+
+        report = evaluate_onnx(source, state.registry(), list(requested.items()), count, seed=seed)
+        out = out or source.with_suffix(".eval.json")
+    else:
+        from aigc_kit.core.evaluation import evaluate_run
+
+        report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed)
+        out = out or (source / "eval.json" if (source / "checkpoints").is_dir() else Path("eval.json"))
+    width = max(len(key) for key in report["values"])
+    click.echo(f"{source}: {count:,} samples, seed {seed}")
+    for key, value in report["values"].items():
+        click.echo(f"  {key:<{width}}  {value:.6g}")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    click.echo(f"  report: {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML page (default: RUN_DIR/report/report.html); its PNG figures go beside it.")
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write one self-contained HTML page about RUN_DIR: curves, metrics, samples over time, config, environment."""
+    from aigc_kit.core.report import write_report
+
+    click.echo(f"report: {write_report(run_dir, out)}")
 
 
 @cli.command("new-plugin")

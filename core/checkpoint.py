@@ -35,6 +35,7 @@ WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 LATEST = "latest"
+BEST = "best"
 
 
 @dataclass
@@ -111,6 +112,11 @@ def find_checkpoint(path: str | Path) -> Path:
         raise UserError("no such run directory or checkpoint", file=str(path))
     if (path / WEIGHTS_FILE).is_file():
         return path
+    if path.is_file() and path.name in (LATEST, BEST):  # checkpoints/best or checkpoints/latest itself
+        target = path.parent / path.read_text().strip()
+        if (target / WEIGHTS_FILE).is_file():
+            return target
+        raise UserError(f"{path} names {target.name}, which is not a complete checkpoint", file=str(path))
     for folder in (path / "checkpoints", path):
         latest = folder / LATEST
         if latest.is_file():
@@ -201,10 +207,17 @@ def _write_atomically(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def mark_best(folder: Path, checkpoint: Path) -> None:
+    """Point ``best`` at ``checkpoint`` (atomically); pruning keeps it from then on."""
+    _write_atomically(folder / BEST, checkpoint.name + "\n")
+
+
 def _prune(folder: Path, keep: int, protect: str) -> None:
+    best = folder / BEST
+    kept = {protect, best.read_text().strip() if best.is_file() else ""}
     steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
-        if old.name != protect:
+        if old.name not in kept:
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -81,6 +81,11 @@ class EvalConfig(_Strict):
     metrics: list[ComponentSection] = Field(
         default_factory=list, description="Metrics by name, each with its options, e.g. [{name: mode-coverage}]."
     )
+    best: str | None = Field(
+        None, description="Keep the checkpoint with the best value of this logged metric as checkpoints/best, "
+                          "e.g. fid/fid (written at each evaluation that improves it, never pruned)."
+    )
+    best_mode: Literal["min", "max"] = Field("min", description="Whether lower (min) or higher (max) is better.")
 
 
 class TrainConfig(_Strict):
@@ -309,6 +314,11 @@ def parse_config(
         seen.add(metric.name)
         metric_options.append(_component_options(registry, "metric", metric.name, metric.plugin_options(), field,
                                                  "name", file))
+    best = config.train.eval.best
+    if best is not None and best.partition("/")[0] not in seen:
+        raise UserError("train.eval.best names a value of a metric that is not evaluated", field="train.eval.best",
+                        file=file, given=best, expected="METRIC/VALUE of a metric in train.eval.metrics, e.g. fid/fid",
+                        hint="add the metric to train.eval.metrics" if seen else "list metrics in train.eval.metrics")
     return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options,
                         metric_options=metric_options)
 

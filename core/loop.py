@@ -239,6 +239,7 @@ class Trainer:
         self.config_fingerprint = fingerprint(resolved_config)
         self._averages = _Averages()
         self.skipped_steps = 0
+        self.best_value: float | None = None  # of train.eval.best, over this run's evaluations
         self.tensorboard: Any = None  # a SummaryWriter while fit() runs, with train.tensorboard
         if self.train.tensorboard:
             _summary_writer_class()  # fail now, not after the first steps, when the package is missing
@@ -283,13 +284,20 @@ class Trainer:
                                               if k.endswith("/loss")}, refresh=False)
                         result.last_logs = logs
                         interval_start = now
-                    if main and train.eval_every and self.components.metrics and (
-                            step % train.eval_every == 0 or step == train.steps):
+                    improved = 0
+                    evaluating_now = bool(train.eval_every and self.components.metrics and (
+                        step % train.eval_every == 0 or step == train.steps))
+                    if main and evaluating_now:
                         result.last_eval = self.evaluate(step)
+                        improved = int(self._improves_best(result.last_eval))
+                    if self.processes.enabled and evaluating_now and train.eval.best:
+                        improved = distributed.any_process(improved, self.device)  # every process checkpoints
                     if main and (step % train.sample_every == 0 or step == train.steps):
                         result.samples.append(self.write_samples(step))
-                    if step % train.checkpoint_every == 0 or step == train.steps or stopping:
+                    if step % train.checkpoint_every == 0 or step == train.steps or stopping or improved:
                         result.checkpoint = self.write_checkpoint(step, batches.position())
+                        if improved and main:
+                            checkpoints.mark_best(self.run_dir / "checkpoints", result.checkpoint)
                     if stopping:
                         raise Interrupted(stopping, step, result.checkpoint)
         finally:
@@ -301,6 +309,22 @@ class Trainer:
                 network.requires_grad_(True)
         result.seconds = time.perf_counter() - started
         return result
+
+    def _improves_best(self, values: dict[str, float]) -> bool:
+        """Whether ``values`` beat the best ``train.eval.best`` so far (and remember it if so)."""
+        key = self.train.eval.best
+        if key is None:
+            return False
+        if key not in values:
+            raise UserError(f"the evaluation logged no {key!r}", field="train.eval.best", given=key,
+                            expected=", ".join(sorted(values)))
+        value = values[key]
+        better = self.best_value is None or (value < self.best_value if self.train.eval.best_mode == "min"
+                                             else value > self.best_value)
+        if better and math.isfinite(value):
+            self.best_value = value
+            return True
+        return False
 
     def restore(self, checkpoint: checkpoints.Checkpoint) -> tuple[int, dict[str, int] | None]:
         """Load a checkpoint's weights, EMA, optimizers, schedules, scaler, RNG and log window; return (step, data position)."""
@@ -321,6 +345,7 @@ class Trainer:
         self._restore_rng(state, checkpoint.step)
         self._averages.load(state.get("log_window", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.best_value = state.get("best_value")
         return checkpoint.step, state.get("data")
 
     def _batches(self, position: dict[str, int] | None) -> BatchStream:
@@ -447,6 +472,7 @@ class Trainer:
             "data": data_position or {"epoch": 0, "consumed": 0},
             "log_window": self._averages.state(),
             "skipped_steps": self.skipped_steps,
+            "best_value": self.best_value,
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},

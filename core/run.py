@@ -192,6 +192,7 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
             _clear_previous_run(run_dir, config.export.file if config.export else None)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (run_dir / "environment.json").write_text(json.dumps(environment(registry, device, processes), indent=2))
     try:
         result = trainer.fit(resume=checkpoint)
     finally:
@@ -202,6 +203,26 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
             registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
         )
     return RunOutcome(run_dir=run_dir, train=result, export=report)
+
+
+def environment(registry: Registry, device: Any, processes: Any) -> dict[str, Any]:
+    """Where a run trains: versions, device, processes and threads, and the plugins loaded (for its report)."""
+    import platform
+
+    import torch
+
+    from .registry import host_version
+
+    described = {
+        "aigc-kit": host_version(), "python": platform.python_version(), "torch": torch.__version__,
+        "platform": platform.platform(), "machine": platform.machine(), "device": str(device),
+        "processes": processes.world_size, "threads": torch.get_num_threads(),
+    }
+    if getattr(device, "type", None) == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+    described["plugins"] = {record.name: f"{record.distribution or record.source} {record.version or ''}".strip()
+                            for record in registry.plugins() if record.status == "loaded"}
+    return described
 
 
 def check_resumable(saved: dict[str, Any], resolved: dict[str, Any], checkpoint: Path) -> None:
@@ -298,6 +319,7 @@ def provenance(registry: Registry, loaded: LoadedConfig) -> dict[str, str]:
         "aigc_kit.sampler": loaded.config.sampler.name,
         "aigc_kit.components": json.dumps(components),
         "aigc_kit.sampler_options": json.dumps(resolved["sampler"]),
+        "aigc_kit.data": json.dumps(resolved["data"]),
         "aigc_kit.config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest(),
     }
 

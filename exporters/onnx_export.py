@@ -34,6 +34,7 @@ from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
 from .onnx_graphs import append_uint8_output, loop_sampler, set_metadata, subpixel_transposed_convs
+from .runtime import from_pixels
 
 FORMAT_VERSION = "1"
 """The version of the metadata layout written into ``metadata_props``."""
@@ -196,7 +197,7 @@ class OnnxExporter:
 
         def run(noise: np.ndarray) -> np.ndarray:
             result = session.run([output["name"]], {inputs[0]: np.asarray(noise, dtype=np.float32)})[0]
-            return _from_pixels(result, tuple(output["value_range"])) if output["dtype"] == "uint8" else result
+            return from_pixels(result, tuple(output["value_range"])) if output["dtype"] == "uint8" else result
 
         return run
 
@@ -278,7 +279,7 @@ class OnnxExporter:
             inputs, expected = self._case(what, graph, network, sampler, request, batch, timesteps, generator)
             actual = session.run([output], _numpy(inputs))[0]
             if options.pixels == "uint8":
-                actual = _from_pixels(actual, request.value_range)
+                actual = from_pixels(actual, request.value_range)
             atol = tolerance[0] + (_half_level(request.value_range) if options.pixels == "uint8" else 0.0)
             result = compare(expected, actual, atol, tolerance[1], batch)
             if timesteps is not None:
@@ -479,12 +480,6 @@ def _previous(sampler: Any, index: int) -> int:
 
 def _numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
-
-
-def _from_pixels(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """uint8 NHWC pixels back to NCHW floats in ``value_range`` (for comparing with PyTorch)."""
-    low, high = value_range
-    return pixels.transpose(0, 3, 1, 2).astype(np.float64) * (high - low) / 255.0 + low
 
 
 def _half_level(value_range: tuple[float, float]) -> float:

@@ -249,6 +249,13 @@ def to_pixels(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarra
     return np.clip(scaled, 0, 255).transpose(0, 2, 3, 1).astype(np.uint8)
 
 
+def from_pixels(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """NHWC uint8 pixels back to NCHW float32 in ``value_range``: the inverse of :func:`to_pixels` up to rounding."""
+    low, high = value_range
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32((high - low) / 255.0) + \
+        np.float32(low)
+
+
 def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> Any:
     """A ``PIL.Image`` of uint8 NHWC ``images`` in a grid (square-ish unless ``columns`` is given)."""
     from PIL import Image

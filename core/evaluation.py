@@ -1,0 +1,63 @@
+"""``aigc-kit eval``: metrics of a trained run's samples, computed outside training.
+
+:func:`evaluate_run` draws samples from a run directory or checkpoint with its
+sampler (the EMA network when there is one); the ONNX exporter's side
+(:mod:`aigc_kit.exporters.evaluate`) draws them from an exported model with
+onnxruntime and calls :func:`evaluate` the same way, so the two are comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .registry import Registry
+
+
+def build_metrics(registry: Registry, requested: list[tuple[str, dict[str, Any]]], data: Any) -> dict[str, Any]:
+    """Each requested metric ``(name, options)``, built for ``data`` (a DatasetBundle)."""
+    if not requested:
+        raise UserError("no metric to compute", field="--metric", expected=", ".join(registry.names("metric")))
+    metrics = {}
+    for name, options in requested:
+        spec = registry.spec("metric", name)
+        metrics[name] = spec.factory(registry.options("metric", name, options, field_prefix=f"--option {name}"),
+                                     data=data)
+    return metrics
+
+
+def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, batch_size: int = 500) -> dict[str, float]:
+    """Feed ``count`` samples from ``draw(n)`` to every metric, in batches; the values as ``metric/key``."""
+    remaining = count
+    while remaining > 0:
+        samples = draw(min(batch_size, remaining))
+        for metric in metrics.values():
+            metric.update(samples)
+        remaining -= samples.shape[0]
+    return {f"{name}/{key}": float(value) for name, metric in metrics.items() for key, value in metric.compute().items()}
+
+
+def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
+                 *, seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
+    """Metrics of ``count`` samples of a run directory or checkpoint; a JSON-able report."""
+    import torch
+
+    from .device import evaluating
+    from .run import load_trained
+
+    trained = load_trained(source, registry)
+    components = trained.components
+    metrics = build_metrics(registry, requested, components.data)
+    generator = torch.Generator().manual_seed(seed)
+    noise_shape = tuple(components.model.noise_shape)
+
+    def draw(n: int) -> Any:
+        with torch.no_grad(), evaluating(trained.network):
+            noise = components.sampler.noise(n, noise_shape, generator=generator)
+            return components.sampler.sample(trained.network, noise, generator=generator).float()
+
+    values = evaluate(metrics, draw, count, batch_size)
+    return {"source": str(source), "checkpoint": str(trained.checkpoint), "samples": count, "seed": seed,
+            "values": values}
