@@ -20,6 +20,11 @@ import yaml
 from .errors import UserError
 
 MAX_GRIDS = 12
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
+         "img{max-width:100%;image-rendering:pixelated}figure{display:inline-block;margin:0 1em 1em 0;"
+         "text-align:center}figure img{width:256px}pre{background:#f5f5f5;padding:1em;overflow:auto}"
+         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+         "th{background:#f0f0f0}")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -126,11 +131,7 @@ def _html(run_dir: Path, config: dict[str, Any], environment: dict[str, Any] | N
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>aigc-kit run report: {escape(run_dir.name)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
-        "img{max-width:100%;image-rendering:pixelated}figure{display:inline-block;margin:0 1em 1em 0;"
-        "text-align:center}figure img{width:256px}pre{background:#f5f5f5;padding:1em;overflow:auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-        "th{background:#f0f0f0}</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         f"<h1>Run <code>{escape(run_dir.name)}</code></h1>",
         f"<p>{escape(_summary(config))}</p>",
     ]

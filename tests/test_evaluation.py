@@ -49,8 +49,9 @@ def test_a_torchscript_or_onnx_extractor_the_user_names_gives_the_networks_featu
     torch.onnx.export(network, (torch.zeros(1, 3, 8, 8),), tmp_path / "net.onnx", dynamo=False,
                       input_names=["images"], dynamic_axes={"images": {0: "n"}})
     images = torch.rand(5, 1, 6, 6) * 2 - 1  # grey, 6x6, in [-1, 1]
-    expected = network(((torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1), size=(8, 8), mode="bilinear",
-                                                          align_corners=False) + 1) / 2 * 255))
+    resized = torch.nn.functional.interpolate(images.expand(-1, 3, -1, -1), size=(8, 8), mode="bilinear",
+                                              align_corners=False)
+    expected = network((resized + 1) / 2 * 255)
     for name in ("net.pt", "net.onnx"):
         extractor = features.load_extractor(str(tmp_path / name), input_size=8, input_range=(0.0, 255.0))
         assert torch.allclose(extractor(images), expected, atol=1e-4), name
