@@ -46,10 +46,10 @@ def load_extractor(spec: str, input_size: int | None = None,
                    input_range: tuple[float, float] = (-1.0, 1.0)) -> Extractor:
     """The extractor ``spec`` names: ``shapes`` or a TorchScript/ONNX file."""
     if spec == "shapes":
-        from .classifier import WEIGHTS, load_classifier
+        from .classifier import FEATURE_DIVISOR, WEIGHTS, load_classifier
 
         network = load_classifier()
-        return Extractor("shapes", "shapes-classifier-" + _file_hash(WEIGHTS), network.features)
+        return Extractor("shapes", f"shapes-classifier-{_file_hash(WEIGHTS)}-{FEATURE_DIVISOR}", network.features)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise UserError("no such feature extractor", field="extractor", given=spec,
