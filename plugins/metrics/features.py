@@ -58,9 +58,12 @@ def load_extractor(spec: str, input_size: int | None = None,
     adapt = _adapter(input_size, input_range)
     fingerprint = f"{path.suffix.lstrip('.')}-{_file_hash(path)}-{input_size}-{input_range[0]}-{input_range[1]}"
     if path.suffix == ".onnx":
-        from aigc_kit.exporters.runtime import import_onnxruntime
-
-        session = import_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            import onnxruntime
+        except ImportError:
+            raise UserError("an ONNX feature extractor needs onnxruntime", field="extractor", given=spec,
+                            hint="pip install 'aigc-kit[cpu]'") from None
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
 
         def run_onnx(images: torch.Tensor) -> torch.Tensor:
