@@ -148,3 +148,27 @@ def test_the_report_renders_in_a_headless_browser(shapes_run, tmp_path):
     # matplotlib's first line colour (#1f77b4) is on screen only if the embedded figures were decoded and drawn
     plotted = (np.abs(pixels - [31, 119, 180]).sum(1) < 30).sum()
     assert plotted > 200, "no plotted line is visible in the rendered page"
+
+
+def test_report_of_a_run_that_has_not_logged_yet_and_of_a_folder_that_is_no_run(tmp_path, write_config):
+    run_dir = tmp_path / "fresh"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("data: {name: shapes}\ntrain: {steps: 10}\n")
+    result = CliRunner().invoke(cli, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    page = (run_dir / "report" / "report.html").read_text()
+    assert "No training logs yet" in page and "No sample grids yet" in page and "Not recorded" in page
+    missing = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "not a run directory" in missing.output and "runs/NAME" in missing.output
+
+
+def test_eval_of_an_onnx_file_without_its_data_section_says_what_to_do(shapes_run, tmp_path):
+    import onnx
+
+    model = onnx.load_model(str(shapes_run / "model.onnx"))
+    kept = [entry for entry in model.metadata_props if entry.key != "aigc_kit.data"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save_model(model, str(tmp_path / "old.onnx"))
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path / "old.onnx"), "--metric", "fid", "-n", "8"])
+    assert result.exit_code == 2 and "does not say which dataset" in result.output and "export it again" in result.output
