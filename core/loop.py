@@ -345,7 +345,9 @@ class Trainer:
         self._restore_rng(state, checkpoint.step)
         self._averages.load(state.get("log_window", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        self.best_value = state.get("best_value")
+        best = state.get("best") or {}  # kept only for the same metric and direction (train.eval may change)
+        same = (best.get("key"), best.get("mode")) == (self.train.eval.best, self.train.eval.best_mode)
+        self.best_value = best.get("value") if same else None
         return checkpoint.step, state.get("data")
 
     def _batches(self, position: dict[str, int] | None) -> BatchStream:
@@ -472,7 +474,7 @@ class Trainer:
             "data": data_position or {"epoch": 0, "consumed": 0},
             "log_window": self._averages.state(),
             "skipped_steps": self.skipped_steps,
-            "best_value": self.best_value,
+            "best": {"key": self.train.eval.best, "mode": self.train.eval.best_mode, "value": self.best_value},
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},

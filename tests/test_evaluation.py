@@ -172,3 +172,23 @@ def test_eval_of_an_onnx_file_without_its_data_section_says_what_to_do(shapes_ru
     onnx.save_model(model, str(tmp_path / "old.onnx"))
     result = CliRunner().invoke(cli, ["eval", str(tmp_path / "old.onnx"), "--metric", "fid", "-n", "8"])
     assert result.exit_code == 2 and "does not say which dataset" in result.output and "export it again" in result.output
+
+
+def test_a_resumed_run_keeps_comparing_with_the_best_before_it_stopped(write_config, tmp_path):
+    import torch as torch_
+
+    train = {**tiny_config()["train"], "steps": 8, "eval_every": 4, "checkpoint_every": 4, "keep_checkpoints": 1,
+             "eval": {"samples": 32, "metrics": [{"name": "fid", "real_samples": 64}], "best": "fid/fid",
+                      "best_mode": "max"}}  # max: the first evaluations of a barely trained GAN score highest
+    config = write_config(tiny_config(train=train))
+    run_dir = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", str(config), "--output", str(run_dir)]).exit_code == 0
+    resumed = CliRunner().invoke(cli, ["resume", str(run_dir), "--set", "train.steps=16"])
+    assert resumed.exit_code == 0, resumed.output
+    values = {record["step"]: record["fid/fid"] for record in map(json.loads, (run_dir / "metrics.jsonl").read_text()
+                                                                   .splitlines()) if "fid/fid" in record}
+    assert sorted(values) == [4, 8, 12, 16]
+    best_step = max(values, key=values.get)
+    assert (run_dir / "checkpoints" / "best").read_text().strip() == f"step-{best_step:06d}"
+    state = torch_.load(run_dir / "checkpoints" / "step-000016" / "state.pt", weights_only=True)
+    assert state["best"] == {"key": "fid/fid", "mode": "max", "value": pytest.approx(max(values.values()), rel=1e-5)}
