@@ -308,16 +308,22 @@ def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tu
             raise click.BadParameter(f"expected METRIC.KEY=VALUE for a metric given with --metric, got {item!r}",
                                      param_hint="--option")
         requested[metric][option] = yaml.safe_load(value)
-    if source.suffix == ".onnx":
-        from aigc_kit.exporters.evaluate import evaluate_onnx
+    from tqdm import tqdm
 
-        report = evaluate_onnx(source, state.registry(), list(requested.items()), count, seed=seed)
-        out = out or source.with_suffix(".eval.json")
-    else:
-        from aigc_kit.core.evaluation import evaluate_run
+    # a progress bar on a terminal (tqdm turns itself off otherwise); the real features come after the samples
+    with tqdm(total=count, unit="sample", file=sys.stderr, disable=None, mininterval=1.0) as bar:
+        if source.suffix == ".onnx":
+            from aigc_kit.exporters.evaluate import evaluate_onnx
 
-        report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed)
-        out = out or (source / "eval.json" if (source / "checkpoints").is_dir() else Path("eval.json"))
+            report = evaluate_onnx(source, state.registry(), list(requested.items()), count, seed=seed,
+                                   progress=bar.update)
+            out = out or source.with_suffix(".eval.json")
+        else:
+            from aigc_kit.core.evaluation import evaluate_run
+
+            report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed,
+                                  progress=bar.update)
+            out = out or (source / "eval.json" if (source / "checkpoints").is_dir() else Path("eval.json"))
     width = max(len(key) for key in report["values"])
     click.echo(f"{source}: {count:,} samples, seed {seed}")
     for key, value in report["values"].items():

@@ -28,19 +28,25 @@ def build_metrics(registry: Registry, requested: list[tuple[str, dict[str, Any]]
     return metrics
 
 
-def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, batch_size: int = 500) -> dict[str, float]:
-    """Feed ``count`` samples from ``draw(n)`` to every metric, in batches; the values as ``metric/key``."""
+def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, batch_size: int = 500,
+             progress: Callable[[int], Any] | None = None) -> dict[str, float]:
+    """Feed ``count`` samples from ``draw(n)`` to every metric, in batches; the values as ``metric/key``.
+
+    ``progress(n)`` is told of each batch of ``n`` samples done.
+    """
     remaining = count
     while remaining > 0:
         samples = draw(min(batch_size, remaining))
         for metric in metrics.values():
             metric.update(samples)
         remaining -= samples.shape[0]
+        if progress is not None:
+            progress(samples.shape[0])
     return {f"{name}/{key}": float(value) for name, metric in metrics.items() for key, value in metric.compute().items()}
 
 
 def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
-                 *, seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
+                 *, seed: int = 0, batch_size: int = 500, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Metrics of ``count`` samples of a run directory or checkpoint; a JSON-able report."""
     import torch
 
@@ -58,6 +64,6 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
             noise = components.sampler.noise(n, noise_shape, generator=generator)
             return components.sampler.sample(trained.network, noise, generator=generator).float()
 
-    values = evaluate(metrics, draw, count, batch_size)
+    values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(source), "checkpoint": str(trained.checkpoint), "samples": count, "seed": seed,
             "values": values}

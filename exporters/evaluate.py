@@ -7,6 +7,7 @@ outputs them, as they would in production.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from aigc_kit.core.registry import Registry
 
 
 def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
-                  *, seed: int = 0, batch_size: int = 500) -> dict[str, Any]:
+                  *, seed: int = 0, batch_size: int = 500, progress: Callable[[int], Any] | None = None
+                  ) -> dict[str, Any]:
     """Metrics of ``count`` samples of the exported model at ``path``; a JSON-able report."""
     import torch
 
@@ -42,5 +44,5 @@ def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[st
             output = from_pixels(output, (low, high))
         return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
 
-    values = evaluate(metrics, draw, count, batch_size)
+    values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(path), "provider": generator.provider, "samples": count, "seed": seed, "values": values}

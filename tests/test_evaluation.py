@@ -192,3 +192,22 @@ def test_a_resumed_run_keeps_comparing_with_the_best_before_it_stopped(write_con
     assert (run_dir / "checkpoints" / "best").read_text().strip() == f"step-{best_step:06d}"
     state = torch_.load(run_dir / "checkpoints" / "step-000016" / "state.pt", weights_only=True)
     assert state["best"] == {"key": "fid/fid", "mode": "max", "value": pytest.approx(max(values.values()), rel=1e-5)}
+
+
+def test_evaluate_feeds_every_metric_in_batches_and_reports_progress():
+    from aigc_kit.core.evaluation import evaluate
+
+    class Counting:
+        def __init__(self):
+            self.seen = []
+
+        def update(self, samples):
+            self.seen.append(samples.shape[0])
+
+        def compute(self):
+            return {"count": sum(self.seen)}
+
+    metric, done = Counting(), []
+    values = evaluate({"counting": metric}, lambda n: torch.zeros(n, 3), 1234, batch_size=500, progress=done.append)
+    assert metric.seen == [500, 500, 234] and done == [500, 500, 234]
+    assert values == {"counting/count": 1234.0}
