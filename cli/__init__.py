@@ -298,16 +298,14 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
 def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tuple[str, ...], count: int, seed: int,
                  out: Path | None) -> None:
     """Compute metrics of SOURCE's samples: a run directory, a checkpoint folder or an exported MODEL.onnx."""
-    import yaml
-
     requested: dict[str, dict[str, Any]] = {name: {} for name in metrics}
+    expected = "METRIC.KEY=VALUE for a metric given with --metric"
     for item in extra:
-        key, separator, value = item.partition("=")
-        metric, dot, option = key.strip().partition(".")
-        if not separator or not dot or metric not in requested:
-            raise click.BadParameter(f"expected METRIC.KEY=VALUE for a metric given with --metric, got {item!r}",
-                                     param_hint="--option")
-        requested[metric][option] = yaml.safe_load(value)
+        key, value = _key_value(item, expected)
+        metric, dot, option = key.partition(".")
+        if not dot or metric not in requested:
+            raise click.BadParameter(f"expected {expected}, got {item!r}", param_hint="--option")
+        requested[metric][option] = value
     from tqdm import tqdm
 
     # a progress bar on a terminal (tqdm turns itself off otherwise); the real features come after the samples
@@ -359,6 +357,16 @@ def new_plugin(name: str, directory: Path | None, kinds: tuple[str, ...]) -> Non
     click.echo(f"next: pip install -e '{target}[test]' && aigc-kit plugins && python -m pytest {target}")
 
 
+def _key_value(item: str, expected: str) -> tuple[str, Any]:
+    """``--option KEY=VALUE``: the key, and the value read as YAML."""
+    import yaml
+
+    key, separator, value = item.partition("=")
+    if not separator or not key.strip():
+        raise click.BadParameter(f"expected {expected}, got {item!r}", param_hint="--option")
+    return key.strip(), yaml.safe_load(value)
+
+
 def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -393,18 +401,14 @@ def export(state: State, source: Path, format_: str, out: Path, what: str | None
 
     The same options can sit in a run config's `export:` section.
     """
-    import yaml
-
     from aigc_kit.core.run import export as export_run
 
     options: dict[str, Any] = {key: value for key, value in (
         ("what", what), ("precision", precision), ("steps", steps), ("pixels", pixels), ("opset", opset),
         ("validate_batch_sizes", batch_sizes)) if value is not None}
     for item in extra:
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--option")
-        options[key.strip()] = yaml.safe_load(value)
+        key, value = _key_value(item, "KEY=VALUE")
+        options[key] = value
     _echo_export(export_run(source, state.registry(), format=format_, out=out, options=options))
 
 
@@ -440,7 +444,7 @@ def _echo_export(report: dict[str, Any]) -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion samplers: another step count.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--providers", default="auto", show_default=True,
-              help="auto (TensorRT, CUDA, then CPU), cpu, cuda, tensorrt, or a comma-separated list.")
+              help="auto (TensorRT, CUDA, OpenVINO, then CPU), cpu, cuda, tensorrt, openvino, or a comma-separated list.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime's intra-op threads.")
 def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
              batch_size: int, providers: str, threads: int | None) -> None:

@@ -36,6 +36,7 @@ from .data import BatchStream
 from .device import autocast, evaluating, make_grad_scaler, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError, did_you_mean
+from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
 from .pictures import save_grid, save_scatter
 from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase
@@ -448,17 +449,13 @@ class Trainer:
         """Run every metric on ``train.eval.samples`` samples from fixed noise; log and return the values."""
         network = self.sampling_network()
         generator = torch.Generator().manual_seed(self.config.seed + 2)
-        remaining = self.train.eval.samples
+
+        def draw(count: int) -> torch.Tensor:
+            noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
+            return self.components.sampler.sample(network, noise.to(self.device), generator=generator).float()
+
         with evaluating(network):
-            while remaining > 0:
-                count = min(batch_size, remaining)
-                noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
-                samples = self.components.sampler.sample(network, noise.to(self.device), generator=generator).float()
-                for metric in self.components.metrics.values():
-                    metric.update(samples)
-                remaining -= count
-        values = {f"{name}/{key}": float(value) for name, metric in self.components.metrics.items()
-                  for key, value in metric.compute().items()}
+            values = evaluate_metrics(self.components.metrics, draw, self.train.eval.samples, batch_size)
         self._log(step, values)
         return values
 
