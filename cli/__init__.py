@@ -387,6 +387,9 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="generator (GANs), denoiser or the whole sampler (diffusion); default: auto.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Default: fp32.")
 @click.option("--steps", type=click.IntRange(min=1), help="Sampler steps in the graph (default: the run's sampler's).")
+@click.option("--sampler-graph", type=click.Choice(["auto", "loop", "unrolled"]),
+              help="A sampler as one Loop (steps choosable at run time) or unrolled, one step per timestep (int8 "
+              "calibrates each step); default: auto (unrolled for int8).")
 @click.option("--pixels", type=click.Choice(["float", "uint8"]), help="uint8: the graph outputs NHWC pixels.")
 @click.option("--opset", type=int, help="ONNX opset (default 18).")
 @click.option("--batch-sizes", callback=_batch_sizes, metavar="N,N,...",
@@ -395,8 +398,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Any other exporter option (repeatable; values are YAML), e.g. --option atol=1e-5.")
 @click.pass_obj
 def export(state: State, source: Path, format_: str, out: Path, what: str | None, precision: str | None,
-           steps: int | None, pixels: str | None, opset: int | None, batch_sizes: tuple[int, ...] | None,
-           extra: tuple[str, ...]) -> None:
+           steps: int | None, sampler_graph: str | None, pixels: str | None, opset: int | None,
+           batch_sizes: tuple[int, ...] | None, extra: tuple[str, ...]) -> None:
     """Export SOURCE (a run directory or checkpoint folder) and check the file against PyTorch.
 
     The same options can sit in a run config's `export:` section.
@@ -404,8 +407,8 @@ def export(state: State, source: Path, format_: str, out: Path, what: str | None
     from aigc_kit.core.run import export as export_run
 
     options: dict[str, Any] = {key: value for key, value in (
-        ("what", what), ("precision", precision), ("steps", steps), ("pixels", pixels), ("opset", opset),
-        ("validate_batch_sizes", batch_sizes)) if value is not None}
+        ("what", what), ("precision", precision), ("steps", steps), ("sampler_graph", sampler_graph),
+        ("pixels", pixels), ("opset", opset), ("validate_batch_sizes", batch_sizes)) if value is not None}
     for item in extra:
         key, value = _key_value(item, "KEY=VALUE")
         options[key] = value
@@ -431,8 +434,15 @@ def _echo_export(report: dict[str, Any]) -> None:
         else:
             click.echo(f"  onnx reference evaluator ({reference.get('graph')}): max abs error "
                        f"{reference['max_abs_error']:.2g}")
+    if "sampler_graph" in report:
+        line = f"  sampler graph: {report['sampler_graph']}"
+        if report.get("fp32_steps"):
+            line += f"; the first {report['fp32_steps']} steps fp32, the rest {report.get('precision')}, each " \
+                    "step's activations calibrated on their own"
+        click.echo(line)
     if "step_bytes" in report:
-        click.echo(f"  {report['bytes']:,} bytes; one step alone: {report['step_bytes']:,} bytes (weights stored once)")
+        click.echo(f"  {report['bytes']:,} bytes; one step alone: {report['step_bytes']:,} bytes (weights stored once"
+                   + (", in fp32 and int8)" if report.get("fp32_steps") else ")"))
 
 
 @cli.command()

@@ -29,6 +29,19 @@ class OnnxOptions(Options):
     steps: int | None = Field(
         None, ge=1, description="sampler only: the default step count in the graph (the run's sampler's if omitted)."
     )
+    sampler_graph: Literal["auto", "loop", "unrolled"] = Field(
+        "auto",
+        description="sampler only. loop: one ONNX Loop around one step; the step count can be chosen at run time. "
+        "unrolled: one copy of the step per timestep, reading the same weights (stored once); the step count is "
+        "fixed, and int8 calibrates each step's activations on their own. auto: unrolled for int8, loop otherwise.",
+    )
+    fp32_steps: int | None = Field(
+        None,
+        ge=0,
+        description="int8 unrolled sampler only: how many of the first, noisiest steps stay fp32 (they settle each "
+        "sample's layout, where quantization error changes the image most). Default: a fifth of the steps, rounded "
+        "up.",
+    )
     transposed_conv: Literal["keep", "subpixel"] = Field(
         "keep",
         description="subpixel: rewrite 2x-upsampling transposed convolutions as convolution + DepthToSpace (the "

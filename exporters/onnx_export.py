@@ -33,7 +33,14 @@ from aigc_kit.core.device import evaluating
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
-from .onnx_graphs import append_uint8_output, loop_sampler, set_metadata, subpixel_transposed_convs
+from .onnx_graphs import (
+    append_uint8_output,
+    loop_sampler,
+    set_metadata,
+    subpixel_transposed_convs,
+    unroll_sampler,
+    unrolled_step,
+)
 from .runtime import from_pixels
 
 FORMAT_VERSION = "1"
@@ -48,6 +55,49 @@ TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1,
     ("sampler", "int8"): (5e-1, 0.0),
 }
 """Default tolerances; options ``atol``/``rtol`` override them. Measured margins are in docs/export.md."""
+
+
+CALIBRATION_BATCH = 8
+"""Samples per calibration batch of an unrolled sampler graph (the calibrator keeps every step's activations)."""
+
+
+@dataclass(frozen=True)
+class SamplerLayout:
+    """A sampler graph's layout: one ``Loop`` around the step, or one copy of the step per timestep."""
+
+    unrolled: bool = False
+    fp32_steps: int = 0
+    """Unrolled int8 only: the first steps, kept fp32."""
+
+    def fp32_nodes(self, model: onnx.ModelProto) -> list[str]:
+        """The names of the nodes of the steps kept fp32 (none for a loop)."""
+        if not self.unrolled or not self.fp32_steps:
+            return []
+        prefixes = tuple(f"step{index}/" for index in range(self.fp32_steps))
+        return [node.name for node in model.graph.node if node.name.startswith(prefixes)]
+
+
+def sampler_layout(options: Any, what: str, steps: int) -> SamplerLayout:
+    """The layout the options ask for: ``auto`` unrolls int8 samplers, so that each step is calibrated on its own."""
+    if what != "sampler":
+        if options.sampler_graph != "auto":
+            raise UserError(f"sampler_graph applies to a diffusion sampler graph, not to a {what} graph",
+                            field="export.sampler_graph", hint="drop export.sampler_graph (or --sampler-graph)")
+        if options.fp32_steps is not None:
+            raise UserError(f"fp32_steps applies to an int8 sampler graph, not to a {what} graph",
+                            field="export.fp32_steps", hint="drop export.fp32_steps")
+        return SamplerLayout()
+    unrolled = options.sampler_graph == "unrolled" or (options.sampler_graph == "auto" and options.precision == "int8")
+    if options.fp32_steps is not None and not (unrolled and options.precision == "int8"):
+        raise UserError("fp32_steps applies to an unrolled int8 sampler graph", field="export.fp32_steps",
+                        given=options.fp32_steps, hint="use precision: int8 with sampler_graph: auto or unrolled")
+    if not unrolled or options.precision != "int8":
+        return SamplerLayout(unrolled=unrolled)
+    fp32_steps = options.fp32_steps if options.fp32_steps is not None else -(-steps // 5)
+    if fp32_steps >= steps:
+        raise UserError(f"fp32_steps must leave at least one of the {steps} steps to quantize",
+                        field="export.fp32_steps", expected=f"0 to {steps - 1}", given=fp32_steps)
+    return SamplerLayout(unrolled=True, fp32_steps=fp32_steps)
 
 
 @dataclass
@@ -140,13 +190,21 @@ class OnnxExporter:
             rewritten = None
             if options.transposed_conv == "subpixel":
                 model, rewritten = subpixel_transposed_convs(model)
+            layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
+            step_bytes = model.ByteSize()
+            if layout.unrolled:
+                model = unroll_sampler(model, sampler.timesteps, sampler.final_timestep,
+                                       uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape,
+                                       second_weights_from=layout.fp32_steps if options.precision == "int8" else None)
             if options.precision != "fp32":
                 from .precision import convert
 
-                calibration = self._calibration(what, network, sampler, request, graph)
-                model = convert(model, options.precision, calibration, options.int8_mode)
+                calibration = self._calibration(what, network, sampler, request, graph, layout.unrolled)
+                model = convert(model, options.precision, calibration, options.int8_mode,
+                                exclude=layout.fp32_nodes(model))
             core = model
-            if what == "sampler":
+            if what == "sampler" and not layout.unrolled:
+                step_bytes = core.ByteSize()
                 model = loop_sampler(core, sampler.timesteps, sampler.final_timestep,
                                      uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape)
             if options.pixels == "uint8":
@@ -160,16 +218,21 @@ class OnnxExporter:
                                   "atol": tolerance[0], "rtol": tolerance[1]}
         if rewritten is not None:
             report["subpixel_rewrites"] = rewritten
+        if what == "sampler":
+            report["sampler_graph"] = "unrolled" if layout.unrolled else "loop"
+            if layout.fp32_steps:
+                report["fp32_steps"] = layout.fp32_steps
         try:
             with torch.no_grad(), evaluating(network):
                 report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
                 if options.reference_check:
-                    report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, request)
+                    report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,
+                                                                          sampler)
         except ValidationFailed:
             temporary.replace(path.with_name(path.stem + ".failed.onnx"))
             raise
         if what == "sampler":
-            report["step_bytes"] = core.ByteSize()
+            report["step_bytes"] = step_bytes
         set_metadata(model, self.metadata(what, sampler, request, report))
         model.producer_name = request.metadata.get("aigc_kit.producer", "aigc-kit")
         model.producer_version = request.metadata.get("aigc_kit.producer_version", "")
@@ -230,12 +293,27 @@ class OnnxExporter:
         return Graph(StepGraph(network, sampler), names, "x_next", axes, step_inputs)
 
     def _calibration(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
-                     graph: Graph) -> list[dict[str, np.ndarray]]:
-        """Inputs for int8 calibration, from the run's own sampler: its noise, or its denoising trajectory."""
+                     graph: Graph, unrolled: bool = False) -> list[dict[str, np.ndarray]]:
+        """Inputs for int8 calibration, from the run's own sampler: its noise, or its denoising trajectory.
+
+        An unrolled sampler graph is calibrated on whole runs from noise, so that
+        each step's activations get their own ranges (they differ from the
+        noisiest steps to the last); in batches, to bound the calibrator's memory.
+        """
         generator = torch.Generator().manual_seed(self.options.seed + 2)
         count = self.options.calibration_samples
         if what == "generator":
             return [_numpy(graph.make_inputs(count, generator))]
+        if unrolled:
+            batches = []
+            for start in range(0, count, CALIBRATION_BATCH):
+                n = min(CALIBRATION_BATCH, count - start)
+                feed = {"noise": sampler.noise(n, tuple(request.noise_shape), generator=generator).float().numpy()}
+                if sampler.uses_step_noise:
+                    shape = (len(sampler.timesteps), n, *request.sample_shape)
+                    feed["step_noise"] = torch.randn(shape, generator=generator).numpy()
+                batches.append(feed)
+            return batches
         feeds: list[dict[str, np.ndarray]] = []
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
         for index, timestep in enumerate(sampler.timesteps):
@@ -272,7 +350,8 @@ class OnnxExporter:
         generator = torch.Generator().manual_seed(options.seed + 1)
         batch_sizes = sorted({options.export_batch_size, *options.validate_batch_sizes})
         cases: list[tuple[int, list[int] | None]] = [(batch, None) for batch in batch_sizes]
-        if what == "sampler" and len(sampler.timesteps) > 1:
+        takes_timesteps = any(value.name == "timesteps" for value in session.get_overridable_initializers())
+        if what == "sampler" and takes_timesteps and len(sampler.timesteps) > 1:
             cases.append((batch_sizes[0], sampler.timesteps[::2]))  # a step count chosen at run time
         results = []
         for batch, timesteps in cases:
@@ -329,18 +408,36 @@ class OnnxExporter:
         return inputs, sampler.sample(network, noise, step_noise=step_noise).float().numpy()
 
     def _reference_check(self, core: onnx.ModelProto, what: str, graph: Graph, tolerance: tuple[float, float],
-                         request: ExportRequest) -> dict[str, Any]:
-        """onnx's reference evaluator on one sample of the traced graph (one step, for a sampler) agrees too."""
+                         layout: SamplerLayout, sampler: Any) -> dict[str, Any]:
+        """onnx's reference evaluator on one sample of the traced graph (one step, for a sampler) agrees too.
+
+        An unrolled sampler is checked on one of its steps, taken out of the
+        graph: the first quantized one at int8.
+        """
         from onnx.reference import ReferenceEvaluator
 
-        inputs = graph.make_inputs(1, torch.Generator().manual_seed(self.options.seed + 3))
-        expected = graph.module(*inputs.values()).float().numpy()
+        generator = torch.Generator().manual_seed(self.options.seed + 3)
+        inputs = graph.make_inputs(1, generator)
+        label = "one step" if what == "sampler" else what
+        if layout.unrolled:
+            index = layout.fp32_steps
+            core = unrolled_step(core, index)
+            inputs = {**inputs, "timestep": torch.tensor(sampler.timesteps[index]),
+                      "previous": torch.tensor(_previous(sampler, index))}
+            feeds = {"x": inputs["x"]}
+            if sampler.uses_step_noise:
+                feeds["step_noise"] = torch.randn(len(sampler.timesteps), *inputs["x"].shape, generator=generator)
+                inputs["noise"] = feeds["step_noise"][index]
+            label = f"step {index + 1} of {len(sampler.timesteps)}"
+        else:
+            feeds = inputs
+        expected = graph.module(*(inputs[name] for name in graph.input_names)).float().numpy()
         try:
-            actual = ReferenceEvaluator(core).run(None, _numpy(inputs))[0]
+            actual = ReferenceEvaluator(core, new_ops=_reference_qdq_ops()).run(None, _numpy(feeds))[0]
         except Exception as exc:  # noqa: BLE001 - an operator the reference evaluator lacks is not the model's fault
             return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
         result = compare(expected, np.asarray(actual), tolerance[0], tolerance[1], 1)
-        result["graph"] = "one step" if what == "sampler" else what
+        result["graph"] = label
         if not result["passed"]:
             raise ValidationFailed(
                 f"onnx's reference evaluator disagrees with PyTorch on {result['graph']}: "
@@ -370,9 +467,10 @@ class OnnxExporter:
             if sampler.uses_step_noise:
                 inputs.append({"name": "step_noise", "shape": ["steps", "batch", *sample_shape], "dtype": "float32",
                                "semantics": "fresh standard normal noise for each step"})
-            inputs.append({"name": "timesteps", "shape": ["steps"], "dtype": "int64", "optional": True,
-                           "semantics": "decreasing timesteps to visit; defaults to the export's",
-                           "default": list(sampler.timesteps)})
+            if report.get("sampler_graph") == "loop":
+                inputs.append({"name": "timesteps", "shape": ["steps"], "dtype": "int64", "optional": True,
+                               "semantics": "decreasing timesteps to visit; defaults to the export's",
+                               "default": list(sampler.timesteps)})
         if options.pixels == "uint8":
             outputs = [{"name": "pixels", "shape": ["batch", *sample_shape[1:], sample_shape[0]], "dtype": "uint8",
                         "layout": "NHWC", "semantics": "image pixels, 0-255", **image}]
@@ -382,6 +480,11 @@ class OnnxExporter:
             outputs = [{"name": name, "shape": ["batch", *sample_shape], "dtype": "float32", "layout": "NCHW",
                         "semantics": semantics, **image}]
         sampler_info: dict[str, Any] = {"steps": len(sampler.timesteps)} if is_stepwise(sampler) else {}
+        if "sampler_graph" in report:
+            sampler_info["graph"] = report["sampler_graph"]
+            sampler_info["timesteps"] = list(sampler.timesteps)
+        if "fp32_steps" in report:
+            sampler_info["fp32_steps"] = report["fp32_steps"]
         for attribute in ("eta", "prediction_type"):
             value = getattr(sampler, attribute, None)
             if value is None:
@@ -471,6 +574,23 @@ def _with_steps(sampler: Any, steps: int | None) -> Any:
         return sampler.with_steps(steps)
     except ValueError as exc:
         raise UserError(str(exc), field="export.steps", given=steps) from None
+
+
+def _reference_qdq_ops() -> list[type]:
+    """The QuantizeLinear/DequantizeLinear pair for onnx's reference evaluator at opsets 13-18.
+
+    It implements them from opset 19 only and reads their attributes from the
+    newest schema, so the newest implementation serves: its added attributes
+    (block size, output type, saturation) default to the opset-13 arithmetic.
+    """
+    from onnx.reference.ops import op_dequantize_linear, op_quantize_linear
+
+    def newest(module: Any, name: str) -> type:
+        versions = [attribute for attribute in dir(module) if attribute.startswith(name + "_")]
+        return getattr(module, max(versions, key=lambda attribute: int(attribute.rsplit("_", 1)[1])))
+
+    return [type("DequantizeLinear", (newest(op_dequantize_linear, "DequantizeLinear"),), {"op_domain": ""}),
+            type("QuantizeLinear", (newest(op_quantize_linear, "QuantizeLinear"),), {"op_domain": ""})]
 
 
 def _previous(sampler: Any, index: int) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
+import onnx.utils
 from onnx import TensorProto, helper, numpy_helper
 
 BATCH = "batch"
@@ -89,6 +90,100 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     model.ir_version = step.ir_version
     model.functions.extend(step.functions)
     return model
+
+
+def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep: int, *,
+                   uses_step_noise: bool, sample_shape: Sequence[int],
+                   second_weights_from: int | None = None) -> onnx.ModelProto:
+    """The whole sampler as one graph with one copy of ``step`` per timestep, each reading the same weights.
+
+    Inputs ``noise`` [, ``step_noise``], output ``image``; the step count is
+    fixed. Step ``i``'s nodes are named ``step{i}/...`` and it hands
+    ``step{i}/x`` to the next, so that each step's values are distinct tensors
+    (a quantizer calibrates each step's activations on their own) and a step
+    can be told apart by name (:func:`unrolled_step`). With
+    ``second_weights_from`` k, steps from k on read a second copy of the
+    weights, so that quantizing those steps leaves the first k in fp32.
+    """
+    step_inputs = [value.name for value in step.graph.input]
+    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
+    if step_inputs != expected:
+        raise ValueError(f"the step graph's inputs are {step_inputs}, expected {expected}")
+    weights = {tensor.name for tensor in step.graph.initializer}
+    initializers = list(step.graph.initializer)
+    if second_weights_from is not None:
+        initializers += [_renamed_tensor(tensor, f"late/{tensor.name}") for tensor in step.graph.initializer]
+    sequence = [*timesteps, final_timestep]
+    nodes = []
+    x = "noise"
+    for index in range(len(timesteps)):
+        prefix = f"step{index}/"
+        late = second_weights_from is not None and index >= second_weights_from
+        initializers += [numpy_helper.from_array(np.asarray(sequence[index], dtype=np.int64), prefix + "timestep"),
+                         numpy_helper.from_array(np.asarray(sequence[index + 1], dtype=np.int64), prefix + "previous")]
+        if uses_step_noise:
+            initializers.append(numpy_helper.from_array(np.asarray(index, dtype=np.int64), prefix + "index"))
+            nodes.append(helper.make_node("Gather", ["step_noise", prefix + "index"], [prefix + "noise"],
+                                          name=prefix + "take_noise"))
+        outer = {"x": x, "timestep": prefix + "timestep", "previous": prefix + "previous", "noise": prefix + "noise",
+                 step.graph.output[0].name: prefix + "x"}
+
+        def rename(name: str, prefix: str = prefix, outer: dict[str, str] = outer, late: bool = late) -> str:
+            if not name:
+                return name
+            if name in weights:
+                return f"late/{name}" if late else name
+            return outer.get(name, prefix + name)
+
+        for number, node in enumerate(step.graph.node):
+            if any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for attribute in node.attribute):
+                raise ValueError(f"the step graph has a node with a subgraph ({node.op_type}); it cannot be unrolled")
+            copied = onnx.NodeProto()
+            copied.CopyFrom(node)
+            del copied.metadata_props[:]  # the exporter's source locations, which would repeat once per step
+            copied.input[:] = [rename(name) for name in node.input]
+            copied.output[:] = [rename(name) for name in node.output]
+            copied.name = prefix + (node.name or f"{node.op_type}_{number}")
+            nodes.append(copied)
+        x = prefix + "x"
+    nodes.append(helper.make_node("Identity", [x], ["image"], name="image"))
+    image_type = [BATCH, *sample_shape]
+    inputs = [helper.make_tensor_value_info("noise", TensorProto.FLOAT, image_type)]
+    if uses_step_noise:
+        inputs.append(helper.make_tensor_value_info("step_noise", TensorProto.FLOAT, [len(timesteps), *image_type]))
+    graph = helper.make_graph(nodes, "sampler", inputs,
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_type)],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=list(step.opset_import), producer_name=step.producer_name,
+                              producer_version=step.producer_version)
+    model.ir_version = step.ir_version
+    model.functions.extend(step.functions)
+    return model
+
+
+def unrolled_step(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
+    """Step ``index`` of an :func:`unroll_sampler` graph alone: ``x`` [, ``step_noise``] -> ``x_next``."""
+    source = "noise" if index == 0 else f"step{index - 1}/x"
+    inputs = [source] + (["step_noise"] if any(value.name == "step_noise" for value in model.graph.input) else [])
+    typed = onnx.shape_inference.infer_shapes(model)  # the extractor needs the types of the values it cuts at
+    extracted = onnx.utils.Extractor(typed).extract_model(inputs, [f"step{index}/x"])
+    for value in extracted.graph.input:
+        if value.name == source:
+            value.name = "x"
+    for value in extracted.graph.output:
+        value.name = "x_next"
+    for node in extracted.graph.node:
+        node.input[:] = ["x" if name == source else name for name in node.input]
+        node.output[:] = ["x_next" if name == f"step{index}/x" else name for name in node.output]
+    return extracted
+
+
+def _renamed_tensor(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    copied = onnx.TensorProto()
+    copied.CopyFrom(tensor)
+    copied.name = name
+    return copied
 
 
 def append_uint8_output(model: onnx.ModelProto, value_range: tuple[float, float]) -> onnx.ModelProto:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,15 @@ QUANTIZED_OPERATORS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
 def convert(model: onnx.ModelProto, precision: str, calibration: list[dict[str, np.ndarray]],
-            int8_mode: str = "static") -> onnx.ModelProto:
-    """``model`` at ``precision`` (fp16 or int8); its inputs and outputs stay fp32 (and int64)."""
+            int8_mode: str = "static", exclude: Sequence[str] = ()) -> onnx.ModelProto:
+    """``model`` at ``precision`` (fp16 or int8); its inputs and outputs stay fp32 (and int64).
+
+    ``exclude`` names nodes that int8 leaves in fp32.
+    """
     if precision == "fp16":
         return to_fp16(model)
     if precision == "int8":
-        return to_int8(model, calibration, int8_mode)
+        return to_int8(model, calibration, int8_mode, exclude)
     raise ValueError(f"unknown precision {precision!r}")
 
 
@@ -36,7 +39,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted.model
 
 
-def to_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], mode: str) -> onnx.ModelProto:
+def to_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], mode: str,
+            exclude: Sequence[str] = ()) -> onnx.ModelProto:
     """QDQ int8: weights per channel (int8), activations (uint8) calibrated on ``calibration`` (min-max).
 
     ``dynamic`` quantizes the weights and finds activation ranges at run time instead.
@@ -61,9 +65,12 @@ def to_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], mo
     with tempfile.TemporaryDirectory(prefix="aigc-kit-int8-") as folder, _level(quantizer_log, logging.ERROR):
         source, prepared, quantized = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save_model(model, source)
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # onnxruntime's pre-processing merges identical initializers, which would hand the weights kept for the
+        # excluded nodes to the quantized ones: with exclusions, shape inference only.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, skip_optimization=bool(exclude))
         if mode == "dynamic":
-            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=True)
+            quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=list(exclude))
             result = onnx.load_model(quantized)
             if not any(node.op_type == "DynamicQuantizeLinear" for node in result.graph.node):
                 raise UserError(
@@ -77,7 +84,7 @@ def to_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], mo
             # tables (a diffusion schedule's) gains nothing, and onnxruntime's quantizer rejects it.
             quantize_static(str(prepared), str(quantized), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=QUANTIZED_OPERATORS)
+                            op_types_to_quantize=QUANTIZED_OPERATORS, nodes_to_exclude=list(exclude))
         return onnx.load_model(quantized)
 
 

@@ -158,7 +158,9 @@ class OnnxGenerator:
     def default_steps(self) -> int | None:
         """The sampler's step count from the export, or None for a generator."""
         timesteps = self._input("timesteps")
-        return len(timesteps["default"]) if timesteps else None
+        if timesteps:
+            return len(timesteps["default"])
+        return (self.metadata.get("sampling") or {}).get("steps")
 
     def generate(self, n: int, seed: int = 0, *, batch_size: int = 16, steps: int | None = None,
                  timesteps: Sequence[int] | None = None) -> np.ndarray:
@@ -185,6 +187,12 @@ class OnnxGenerator:
         if steps is None and timesteps is None:
             return None
         if self._input("timesteps") is None:
+            if self.metadata.get("graph") == "sampler":
+                raise UserError(
+                    f"this sampler's {self.default_steps()} steps were fixed at export (an unrolled graph)",
+                    field="steps", file=str(self.path),
+                    hint="export again with --steps N, or with --sampler-graph loop to choose steps at run time",
+                )
             raise UserError("this model is not a diffusion sampler, so it has no steps to choose", field="steps",
                             file=str(self.path))
         if timesteps is not None:

@@ -13,6 +13,7 @@ import onnxruntime
 import pytest
 import torch
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError
@@ -238,6 +239,88 @@ def test_fp16_sampler_keeps_fp32_state_between_steps_and_stays_close(unet_run, b
     report = export(unet_run, builtin_registry_module, out=tmp_path / "h.onnx", options={"precision": "fp16"})
     assert 0 < report["max_abs_error"] <= report["atol"]
     assert session(tmp_path / "h.onnx").get_outputs()[0].type == "tensor(float)"
+
+
+def test_an_unrolled_sampler_repeats_the_step_and_stores_the_weights_once(unet_run, builtin_registry_module,
+                                                                         tmp_path):
+    report = export(unet_run, builtin_registry_module, out=tmp_path / "u.onnx", options={"sampler_graph": "unrolled"})
+    export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
+    assert report["sampler_graph"] == "unrolled" and "fp32_steps" not in report
+    model = onnx.load_model(str(tmp_path / "u.onnx"))
+    assert "Loop" not in {node.op_type for node in model.graph.node}
+    assert {node.name.split("/")[0] for node in model.graph.node if "/" in node.name} == {f"step{i}" for i in range(4)}
+    assert [i.name for i in model.graph.input] == ["noise"]  # four steps fixed at export: no timesteps input
+    # the network's weights (and the step's schedule tables) once, not once per step
+    assert weight_bytes(tmp_path / "u.onnx") < 1.1 * weight_bytes(tmp_path / "d.onnx")
+    assert json.loads(metadata(tmp_path / "u.onnx")["aigc_kit.sampling"])["graph"] == "unrolled"
+
+    trained = load_trained(unet_run, builtin_registry_module)
+    noise = torch.randn(3, 3, 16, 16)
+    expected = trained.components.sampler.sample(trained.network, noise).numpy()
+    actual = session(tmp_path / "u.onnx").run(None, {"noise": noise.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-3
+
+    generator = OnnxGenerator(tmp_path / "u.onnx", providers="cpu")
+    assert generator.default_steps() == 4 and generator.generate(2, seed=0).shape == (2, 16, 16, 3)
+    with pytest.raises(UserError, match="fixed at export") as caught:
+        generator.generate(2, steps=2)
+    assert "--sampler-graph loop" in caught.value.hint
+
+
+def test_an_unrolled_stochastic_sampler_reads_each_steps_noise(eta_run, builtin_registry_module, tmp_path):
+    export(eta_run, builtin_registry_module, out=tmp_path / "u.onnx", options={"sampler_graph": "unrolled"})
+    assert [i.name for i in onnx.load_model(str(tmp_path / "u.onnx")).graph.input] == ["noise", "step_noise"]
+    trained = load_trained(eta_run, builtin_registry_module)
+    noise, step_noise = torch.randn(2, 3, 16, 16), torch.randn(3, 2, 3, 16, 16)
+    expected = trained.components.sampler.sample(trained.network, noise, step_noise=step_noise).numpy()
+    actual = session(tmp_path / "u.onnx").run(None, {"noise": noise.numpy(), "step_noise": step_noise.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-3
+    assert OnnxGenerator(tmp_path / "u.onnx", providers="cpu").generate(3, seed=1).shape == (3, 16, 16, 3)
+
+
+def test_an_int8_sampler_keeps_its_first_steps_fp32_and_calibrates_each_step(unet_run, builtin_registry_module,
+                                                                             tmp_path):
+    report = export(unet_run, builtin_registry_module, out=tmp_path / "q.onnx", options={"precision": "int8"})
+    assert report["sampler_graph"] == "unrolled" and report["fp32_steps"] == 1  # a fifth of 4 steps, rounded up
+    assert report["max_abs_error"] <= report["atol"]
+    assert report["reference_evaluator"]["graph"] == "step 2 of 4" and report["reference_evaluator"]["passed"]
+    model = onnx.load_model(str(tmp_path / "q.onnx"))
+    weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+    def step(index: int, op_type: str) -> list[onnx.NodeProto]:
+        return [node for node in model.graph.node if node.name.startswith(f"step{index}/") and node.op_type == op_type]
+
+    dequantized = {node.output[0]: node for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    assert not any(set(node.input) & set(dequantized) for node in step(0, "Conv"))  # step 1 runs fp32
+    assert all(weights[node.input[1]].dtype == np.float32 for node in step(0, "Conv"))  # on the trained weights
+    activation_scales = []
+    for index in (1, 2, 3):
+        convs = step(index, "Conv")
+        assert len(convs) == len(step(0, "Conv")) and all(set(node.input[:2]) <= set(dequantized) for node in convs)
+        activation_scales.append([float(weights[dequantized[node.input[0]].input[1]]) for node in convs])
+    # each step's activations were calibrated on their own: the same layer gets another range at another step
+    assert activation_scales[0] != activation_scales[1] != activation_scales[2]
+    int8_weights = [tensor for tensor in model.graph.initializer if tensor.data_type == onnx.TensorProto.INT8]
+    conv_weights = {node.input[1] for node in step(0, "Conv")}
+    assert sum(numpy_helper.to_array(t).size for t in int8_weights) >= sum(weights[name].size for name in conv_weights)
+    assert len({t.name for t in int8_weights}) == len(int8_weights) < 3 * len(conv_weights)  # once, not per step
+
+
+def test_sampler_layout_options_are_refused_where_they_mean_nothing(unet_run, gan_run, builtin_registry_module,
+                                                                    tmp_path):
+    for run_dir, options, field in [
+        (gan_run, {"sampler_graph": "unrolled"}, "export.sampler_graph"),
+        (unet_run, {"fp32_steps": 1}, "export.fp32_steps"),  # fp32: nothing is quantized
+        (unet_run, {"precision": "int8", "sampler_graph": "loop", "fp32_steps": 1}, "export.fp32_steps"),
+        (unet_run, {"precision": "int8", "fp32_steps": 4}, "export.fp32_steps"),  # all four steps
+    ]:
+        with pytest.raises(UserError) as caught:
+            export(run_dir, builtin_registry_module, out=tmp_path / "x.onnx", options=options)
+        assert caught.value.field == field
+    assert not (tmp_path / "x.onnx").exists()
+    result = CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(tmp_path / "x.onnx"),
+                                      "--sampler-graph", "unrolled"])
+    assert result.exit_code == 2 and "export.sampler_graph" in result.output and "Traceback" not in result.output
 
 
 # -- the runtime -----------------------------------------------------------------------------------------------------
