@@ -479,6 +479,24 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     assert bad.exit_code == 2 and "--precisions" in bad.output
 
 
+def test_bench_exports_a_model_without_transposed_convolutions_once_per_precision(unet_run, monkeypatch):
+    import aigc_kit.core.run as run_module
+
+    exported = []
+    real_export = run_module.export
+
+    def counting_export(*args, **kwargs):
+        exported.append(kwargs["options"])
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "export", counting_export)
+    result = CliRunner().invoke(cli, ["bench", str(unet_run), "--batch-sizes", "1", "--repeats", "3",
+                                      "--precisions", "fp32,fp16", "--no-compile", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [options["precision"] for options in exported] == ["fp32", "fp16"]  # no subpixel rewrite to try
+    assert set(json.loads(result.output)["exports"]) == {"fp32", "fp16"}
+
+
 def test_inspect_json_gives_the_decoded_metadata(gan_run, builtin_registry_module, tmp_path):
     export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx", options={"pixels": "uint8"})
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "g.onnx"), "--json"])
