@@ -5,7 +5,8 @@ Three graphs (``what``):
 - ``generator``: ``z`` -> ``image``: a noise-to-image sampler (a GAN's) with its network;
 - ``denoiser``: ``x_t``, ``t`` -> ``prediction``: a diffusion model's network alone;
 - ``sampler``: ``noise`` [, ``step_noise``] [, ``timesteps``] -> ``image``: the whole diffusion
-  sampler as one ``Loop`` around one traced step (:mod:`.onnx_graphs`).
+  sampler as one ``Loop`` around one traced step, or that step unrolled once per timestep (the
+  layout int8 uses, so that each step is calibrated on its own; :mod:`.onnx_graphs`).
 
 Every export is checked before it is kept: the ONNX checker with full shape
 inference, onnxruntime against PyTorch at several batch sizes with an absolute
@@ -183,6 +184,7 @@ class OnnxExporter:
                             field="export.pixels", hint="use pixels: float")
         network = request.network.float().eval()
         sampler = _with_steps(request.sampler, options.steps) if what == "sampler" else request.sampler
+        layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
         started = time.perf_counter()
         with torch.no_grad(), evaluating(network):
             graph = self._graph(what, network, sampler, request)
@@ -190,7 +192,6 @@ class OnnxExporter:
             rewritten = None
             if options.transposed_conv == "subpixel":
                 model, rewritten = subpixel_transposed_convs(model)
-            layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
             step_bytes = model.ByteSize()
             if layout.unrolled:
                 model = unroll_sampler(model, sampler.timesteps, sampler.final_timestep,
