@@ -229,8 +229,14 @@ class OnnxExporter:
                 if options.reference_check:
                     report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,
                                                                           sampler)
-        except ValidationFailed:
+        except ValidationFailed as exc:
             temporary.replace(path.with_name(path.stem + ".failed.onnx"))
+            if what == "sampler" and options.precision == "int8":
+                advice = (f"keeping more of the first steps in fp32 may help (--option fp32_steps=N; this export "
+                          f"kept {layout.fp32_steps} of {len(sampler.timesteps)})" if layout.unrolled else
+                          "a Loop holds one int8 range per tensor for every step; --sampler-graph unrolled "
+                          "calibrates each step on its own")
+                raise ValidationFailed(f"{exc}; {advice}", exc.report) from None
             raise
         if what == "sampler":
             report["step_bytes"] = step_bytes

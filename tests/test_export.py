@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from aigc_kit.cli import cli
-from aigc_kit.core.errors import UserError
+from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.registry import default_registry
 from aigc_kit.core.run import export, load_trained, run
 from aigc_kit.exporters import runtime
@@ -304,6 +304,16 @@ def test_an_int8_sampler_keeps_its_first_steps_fp32_and_calibrates_each_step(une
     conv_weights = {node.input[1] for node in step(0, "Conv")}
     assert sum(numpy_helper.to_array(t).size for t in int8_weights) >= sum(weights[name].size for name in conv_weights)
     assert len({t.name for t in int8_weights}) == len(int8_weights) < 3 * len(conv_weights)  # once, not per step
+
+
+def test_a_failing_int8_sampler_says_what_to_change(unet_run, builtin_registry_module, tmp_path):
+    with pytest.raises(ValidationFailed, match=r"fp32_steps=N; this export kept 2 of 4"):
+        export(unet_run, builtin_registry_module, out=tmp_path / "q.onnx",
+               options={"precision": "int8", "fp32_steps": 2, "atol": 1e-6})
+    with pytest.raises(ValidationFailed, match="--sampler-graph unrolled"):
+        export(unet_run, builtin_registry_module, out=tmp_path / "q.onnx",
+               options={"precision": "int8", "sampler_graph": "loop", "atol": 1e-6})
+    assert not (tmp_path / "q.onnx").exists() and (tmp_path / "q.failed.onnx").exists()
 
 
 def test_sampler_layout_options_are_refused_where_they_mean_nothing(unet_run, gan_run, builtin_registry_module,
