@@ -54,7 +54,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except Exception as exc:  # every exception ends here: the user sees one message
+        except Exception as exc:  # noqa: BLE001 - every exception ends here: the user sees one message
             debug = bool(ctx.params.get("debug"))
             status, message = _describe_failure(exc)
             if debug:

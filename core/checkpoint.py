@@ -146,7 +146,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         state = {}
-    except Exception as exc:  # torch raises many types for damaged or foreign pickles
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or foreign pickles
         raise UserError(
             f"cannot read the training state: {type(exc).__name__}: {str(exc).splitlines()[0]}",
             file=str(folder / STATE_FILE),

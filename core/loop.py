@@ -195,7 +195,7 @@ class Trainer:
 
     def __init__(self, components: Components, config: RunConfig, resolved_config: dict[str, Any],
                  run_dir: Path, device: torch.device,
-                 processes: distributed.Distributed = distributed.Distributed()) -> None:
+                 processes: distributed.Distributed | None = None) -> None:
         self.components = components
         self.config = config
         self.train = config.train
@@ -206,6 +206,7 @@ class Trainer:
         self.networks: dict[str, torch.nn.Module] = self.bundle.networks
         self.phases: list[Phase] = list(components.loss.phases)
         check_components(components, config)
+        processes = processes if processes is not None else distributed.Distributed()
         self.processes = processes
         if processes.enabled and self.train.sync_batchnorm:
             for name in list(self.networks):

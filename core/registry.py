@@ -164,7 +164,7 @@ class Registry:
                 continue
             try:
                 plugin = entry_point.load()
-            except Exception as exc:  # a broken plugin must not take the host down
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the host down
                 record.status = "failed"
                 record.error = f"import failed: {type(exc).__name__}: {exc}"
                 self._fail(record, record.name, exc)
@@ -248,7 +248,7 @@ class Registry:
             manager.check_pending()
             record.hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
             specs = self._collect(plugin, record)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin failing to register is reported, not raised
             if manager.get_plugin(record.name) is not None:
                 manager.unregister(name=record.name)
             record.status = "failed"

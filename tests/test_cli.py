@@ -72,6 +72,6 @@ def test_plugin_option_loads_a_local_file(tmp_path):
 
 def test_the_console_script_exits_2_on_a_user_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "aigc_kit.cli", "run", str(tmp_path / "none.yaml")],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: file not found\n  hint: check the path, relative to the working directory".strip()

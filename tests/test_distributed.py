@@ -78,7 +78,7 @@ def write_run(tmp_path, name: str, batch_size: int, batchnorm: bool, sync: bool,
 def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "aigc_kit.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
 def weights(run_dir, step: int) -> dict[str, torch.Tensor]:

@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from aigc_kit.cli import cli
-from aigc_kit.core import hookspecs
 from aigc_kit.cli.reference import cli_reference
+from aigc_kit.core import hookspecs
 from aigc_kit.core.reference import config_reference, hook_reference
 from aigc_kit.core.registry import Registry
 
@@ -49,7 +49,7 @@ def test_every_hook_is_documented_with_its_factory():
 
 
 def test_the_example_plugin_in_the_guide_trains(tmp_path, write_config):
-    code = re.search(r"```python\n(# my_plugin\.py\n.*?)```", (DOCS / "plugins.md").read_text(), re.S).group(1)
+    code = re.search(r"```python\n(# my_plugin\.py\n.*?)```", (DOCS / "plugins.md").read_text(), re.DOTALL).group(1)
     (tmp_path / "my_plugin.py").write_text(code)
     config = tiny_config(plugins=["my_plugin.py"], model={"name": "tiny"})
     result = CliRunner().invoke(cli, ["run", str(write_config(config)), "--output", str(tmp_path / "run")])

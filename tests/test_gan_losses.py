@@ -110,7 +110,7 @@ def test_the_generator_gradient_moves_fakes_towards_higher_critic_scores(builtin
 
 def test_defaults_follow_the_papers(builtin_registry):
     wasserstein = builtin_registry.create("loss", "wasserstein")
-    critic, generator = wasserstein.phases
+    critic, _generator = wasserstein.phases
     assert (critic.repeat, critic.optimizer.name, critic.optimizer.lr) == (5, "rmsprop", 5e-5)
     assert wasserstein.options.clip == 0.01
     gp = builtin_registry.create("loss", "wgan-gp")
