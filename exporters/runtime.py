@@ -60,7 +60,8 @@ def import_onnxruntime() -> Any:
 def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
     """The providers to ask onnxruntime for, best first.
 
-    ``auto``: TensorRT, then CUDA, then OpenVINO, then CPU, of those this onnxruntime has.
+    ``auto``: TensorRT, then CUDA, then OpenVINO, then CPU, of those this onnxruntime has
+    (:class:`OnnxGenerator` leaves OpenVINO out for diffusion samplers).
     ``tensorrt``/``cuda``/``openvino``/``cpu`` (or full provider names, comma-separated or a
     list): those, each of which must be available, with CPU appended as the
     fallback onnxruntime needs for operators the others lack.
@@ -106,6 +107,10 @@ class OnnxGenerator:
             raise UserError("unknown cuDNN convolution algorithm search", field="cudnn_conv_algo_search",
                             expected=", ".join(CONV_ALGO_SEARCHES), given=cudnn_conv_algo_search)
         self.requested = choose_providers(providers, ort.get_available_providers())
+        if providers == "auto" and OPENVINO in self.requested and _graph_kind(ort, self.path) == "sampler":
+            # OpenVINO's provider cannot compile a sampler's Loop, and ran the unrolled sampler 1.7 times
+            # slower than the CPU provider (docs/benchmarks.md): `auto` leaves diffusion samplers to the others
+            self.requested = [name for name in self.requested if name != OPENVINO]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = {
@@ -224,6 +229,18 @@ class OnnxGenerator:
 
     def _input(self, name: str) -> dict[str, Any] | None:
         return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
+
+
+def _graph_kind(ort: Any, path: Path) -> str | None:
+    """The ``aigc_kit.graph`` of the model file, read through a session that skips every optimization."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[CPU], provider_options=[{}])
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the real session that follows
+        return None
+    return session.get_modelmeta().custom_metadata_map.get("aigc_kit.graph")
 
 
 def _first_line(exc: Exception) -> str:

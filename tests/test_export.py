@@ -425,7 +425,9 @@ def test_auto_hands_over_to_the_next_provider_when_one_cannot_load_the_model(gan
     with pytest.warns(RuntimeWarning, match="OpenVINOExecutionProvider cannot run this model .OpenVINO does not "
                                             "support the following ONNX operations: Loop.; trying CPU"):
         generator = OnnxGenerator(tmp_path / "g.onnx")
-    assert tried == [["OpenVINOExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+    # first a look at the metadata (a generator graph: OpenVINO stays first), then OpenVINO, then the CPU
+    assert tried == [["CPUExecutionProvider"], ["OpenVINOExecutionProvider", "CPUExecutionProvider"],
+                     ["CPUExecutionProvider"]]
     assert generator.provider == "CPUExecutionProvider"
     assert generator.generate(2).shape == (2, 16, 16, 3)
 
@@ -434,6 +436,29 @@ def test_auto_hands_over_to_the_next_provider_when_one_cannot_load_the_model(gan
     assert "cannot load the model with OpenVINOExecutionProvider: OpenVINO does not support" in str(asked_for.value)
     assert "--providers cpu" in str(asked_for.value)
 
+
+def test_auto_leaves_diffusion_samplers_to_the_cpu_provider_when_openvino_is_installed(unet_run, gan_run,
+                                                                                      builtin_registry_module,
+                                                                                      tmp_path, monkeypatch):
+    export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx", options={"sampler_graph": "unrolled"})
+    export(gan_run, builtin_registry_module, out=tmp_path / "g.onnx")
+    real_session = onnxruntime.InferenceSession
+    asked = []
+
+    def openvino_that_loads_anything(path, options, providers, provider_options):
+        asked.append(list(providers))
+        session = real_session(path, options, providers=["CPUExecutionProvider"])
+        if providers[0] == "OpenVINOExecutionProvider":
+            session.get_providers = lambda: list(providers)
+        return session
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["OpenVINOExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", openvino_that_loads_anything)
+    assert OnnxGenerator(tmp_path / "s.onnx").provider == "CPUExecutionProvider"
+    assert asked[-1] == ["CPUExecutionProvider"]  # measured slower there: not offered to OpenVINO
+    assert OnnxGenerator(tmp_path / "g.onnx").provider == "OpenVINOExecutionProvider"  # generators still are
+    assert OnnxGenerator(tmp_path / "s.onnx", providers="openvino").provider == "OpenVINOExecutionProvider"
 
 
 def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
