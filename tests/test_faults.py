@@ -23,10 +23,14 @@ from aigc_kit.core.run import run
 from .conftest import tiny_config
 
 
+KILLABLE_STEPS = 240
+"""Enough steps that four kills, each up to 0.4 s after a checkpoint, land before the run ends on a fast CPU."""
+
+
 def killable_config() -> dict:
     config = tiny_config()
     config["data"]["size"] = 48
-    config["train"].update(steps=80, checkpoint_every=1, log_every=1, sample_every=1000, keep_checkpoints=2)
+    config["train"].update(steps=KILLABLE_STEPS, checkpoint_every=1, log_every=1, sample_every=1000, keep_checkpoints=2)
     return config
 
 
@@ -57,17 +61,17 @@ def test_a_run_killed_at_random_moments_always_leaves_a_loadable_checkpoint_and_
         process.wait()
         checkpoint = load_checkpoint(killed_dir)  # complete, whatever moment the kill came at
         assert checkpoint.networks and checkpoint.step >= before
-    assert latest_step(killed_dir) < 80
+    assert latest_step(killed_dir) < KILLABLE_STEPS
     result = subprocess.run(command + ["resume", str(killed_dir)], capture_output=True, text=True, timeout=300,
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list((killed_dir / "checkpoints").glob(".step-*"))
 
-    whole = load_file(tmp_path / "whole" / "checkpoints" / "step-000080" / "weights.safetensors")
-    killed = load_file(killed_dir / "checkpoints" / "step-000080" / "weights.safetensors")
+    whole = load_file(tmp_path / "whole" / "checkpoints" / f"step-{KILLABLE_STEPS:06d}" / "weights.safetensors")
+    killed = load_file(killed_dir / "checkpoints" / f"step-{KILLABLE_STEPS:06d}" / "weights.safetensors")
     assert all(torch.equal(whole[key], killed[key]) for key in whole)
     steps = [json.loads(line)["step"] for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 81))
+    assert steps == list(range(1, KILLABLE_STEPS + 1))
 
 
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_so(

@@ -73,11 +73,12 @@ def test_sigint_checkpoints_the_step_and_the_cli_says_how_to_resume(write_config
     signal_at(monkeypatch, 2, signal.SIGINT)
     config = tiny_config()
     config["train"]["checkpoint_every"] = 100
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     result = CliRunner().invoke(cli, ["run", str(write_config(config)), "--output", str(tmp_path / "run")])
     assert result.exit_code == 130, result.output
     assert "after step 2" in result.output and f"aigc-kit resume {tmp_path / 'run'}" in result.output
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000002"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handlers are put back
 
     resumed = CliRunner().invoke(cli, ["resume", str(tmp_path / "run")])
     assert resumed.exit_code == 0, resumed.output
