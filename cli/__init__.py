@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                if not ctx.params.get("debug"):
+                    warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - every exception ends here: the user sees one message
@@ -66,6 +70,12 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings as one line each (``--debug`` shows Python's own format, with where they came from)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _interrupted(exc: BaseException, run_dir: Path) -> None:
@@ -154,7 +164,7 @@ def run(state: State, config: Path, overrides: tuple[str, ...], output: Path | N
 
     loaded = load_config(config, state.registry(), list(overrides))
     try:
-        outcome = run_loaded(loaded, state.registry(), output=output, resume=resume)
+        outcome = run_loaded(loaded, state.registry(), output=output, resume=resume, say=click.echo)
     except Interrupted as exc:
         _interrupted(exc, run_directory(loaded, output))
     _echo_outcome(outcome)
@@ -170,7 +180,7 @@ def resume(state: State, run_dir: Path, overrides: tuple[str, ...]) -> None:
     from aigc_kit.core.run import resume as resume_run
 
     try:
-        outcome = resume_run(run_dir, state.registry(), overrides=list(overrides))
+        outcome = resume_run(run_dir, state.registry(), overrides=list(overrides), say=click.echo)
     except Interrupted as exc:
         _interrupted(exc, run_dir)
     _echo_outcome(outcome)
@@ -239,12 +249,17 @@ def _report_training(outcome: Any) -> None:
 @click.pass_obj
 def validate(state: State, config: Path, overrides: tuple[str, ...]) -> None:
     """Check CONFIG, plugin options included, by building its components without training."""
+    from aigc_kit.core.device import check_precision, resolve_precision, select_device
     from aigc_kit.core.run import check
 
     loaded = check(config, state.registry(), list(overrides))
     c = loaded.config
     click.echo(f"{config}: valid (data {c.data.name}, model {c.model.name}, loss {c.loss.name}, "
                f"sampler {c.sampler.name}, {c.train.steps} steps)")
+    device = select_device(c.device)
+    precision = resolve_precision(c.train.precision, device)
+    check_precision(precision, device)
+    click.echo(f"  here it would train on {device} in {precision.describe()}")
 
 
 @cli.command()

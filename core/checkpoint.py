@@ -166,7 +166,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every global random generator, in types ``torch.load(weights_only=True)`` accepts."""
+    """The state of this process's random generators (Python, NumPy, torch's CPU one and its CUDA device's),
+    in types ``torch.load(weights_only=True)`` accepts."""
     _, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -174,8 +175,10 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This process's own device only: with one process per GPU, each checkpoints and restores its own
+        # (reading every device's state would also start a CUDA context on each of them).
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -188,8 +191,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
          numpy_state["has_gauss"], numpy_state["cached"])
     )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, list | tuple):  # every device's state, as earlier checkpoints kept it
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def _as_tuple(value: Any) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,8 +93,11 @@ class TrainConfig(_Strict):
 
     steps: int = Field(1000, gt=0, description="Training steps (one step runs every phase of the loss).")
     batch_size: int = Field(64, gt=0, description="Samples per batch (per phase repeat).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast precision; fp16 uses a gradient scaler and needs CUDA."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision. auto picks, once at the start: bf16 on CUDA devices that support "
+        "it, else fp16; bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32; fp32 on MPS. The choice and "
+        "its reason go to environment.json, and the resolved config keeps it, so a resume trains in the same one. "
+        "fp16 uses one gradient scaler per phase and needs CUDA (or MPS)."
     )
     optimizers: dict[str, OptimizerConfig] = Field(
         default_factory=dict, description="Per-phase optimizer overrides, keyed by phase name."
@@ -124,7 +127,13 @@ class TrainConfig(_Strict):
         False, description="Let cuDNN time its convolution algorithms for the run's shapes (CUDA only)."
     )
     sync_batchnorm: bool = Field(
-        False, description="With several processes, BatchNorm uses the statistics of the whole batch across them."
+        False, description="With several processes, BatchNorm uses the statistics of the whole batch across them "
+        "(torch's SyncBatchNorm on CUDA)."
+    )
+    process_timeout: float = Field(
+        7200.0, gt=0, description="With several processes: seconds a process waits for the others before the job "
+        "fails (NCCL's watchdog included). Process 0 evaluates and writes sample pictures while the others wait, "
+        "so this must exceed the longest evaluation."
     )
     nonfinite: Literal["stop", "skip"] = Field(
         "stop",
@@ -192,15 +201,14 @@ class LoadedConfig:
     """Validated options per component section (``data``, ``model``, ``loss``, ``sampler``, ``export``)."""
     metric_options: list[Options]
     """Validated options of each metric in ``train.eval.metrics``."""
+    plugin_references: list[str] = field(default_factory=list)
+    """``plugins``, with files as absolute paths (taken when the config was read: a plugin may change directory)."""
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain data with every default filled in (written to the run directory)."""
         data = self.config.model_dump(mode="json")
-        base_dir = self.source.parent if self.source is not None else Path.cwd()
         # Plugin files are recorded by absolute path so that a checkpoint's config loads from anywhere.
-        data["plugins"] = [
-            str((base_dir / ref).resolve()) if ref.endswith(".py") or "/" in ref else ref for ref in data["plugins"]
-        ]
+        data["plugins"] = list(self.plugin_references)
         for section, options in self.options.items():
             data[section].update(options.model_dump(mode="json"))
         for metric, options in zip(data["train"]["eval"]["metrics"], self.metric_options):
@@ -290,6 +298,8 @@ def parse_config(
     except ValidationError as exc:
         raise from_validation_error(exc, file=file, model=RunConfig) from None
     base_dir = Path(source).parent if source is not None else Path.cwd()
+    plugin_references = [str((base_dir / ref).resolve()) if ref.endswith(".py") or "/" in ref else ref
+                         for ref in config.plugins]
     for index, reference in enumerate(config.plugins):
         try:
             registry.load_local(reference, base_dir=base_dir)
@@ -320,7 +330,7 @@ def parse_config(
                         file=file, given=best, expected="METRIC/VALUE of a metric in train.eval.metrics, e.g. fid/fid",
                         hint="add the metric to train.eval.metrics" if seen else "list metrics in train.eval.metrics")
     return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options,
-                        metric_options=metric_options)
+                        metric_options=metric_options, plugin_references=plugin_references)
 
 
 def _component_options(registry: Registry, kind: str, name: str, values: dict[str, Any], field: str,

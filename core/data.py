@@ -46,6 +46,29 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
+class StreamSampler(Sampler[int]):
+    """This process's indices epoch after epoch, from ``consumed`` samples into epoch ``epoch`` on, without end.
+
+    Each epoch is what :class:`EpochSampler` gives for it, so batches never
+    straddle two epochs and :class:`BatchStream`'s position stays exact. One
+    DataLoader over this sampler serves the whole run: its worker processes
+    start once, not once per epoch.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, consumed: int, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1) -> None:
+        self.size, self.seed, self.epoch, self.consumed = size, seed, epoch, consumed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = self.epoch, self.consumed
+        while True:
+            if skip + self.world_size * self.batch_size <= self.size:
+                yield from EpochSampler(self.size, self.seed, epoch, skip, self.rank, self.world_size,
+                                        self.batch_size)
+            epoch, skip = epoch + 1, 0
+
+
 def collate(samples: Any) -> Any:
     """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor."""
     if isinstance(samples, torch.Tensor):
@@ -81,8 +104,8 @@ class BatchStream:
     def __next__(self) -> torch.Tensor:
         per_step = self.batch_size * self.world_size
         if self.consumed + per_step > len(self.dataset):  # this epoch's permutation is used up
-            self.epoch, self.consumed, self._iterator = self.epoch + 1, 0, None
-        if self._iterator is None:
+            self.epoch, self.consumed = self.epoch + 1, 0
+        if self._iterator is None:  # once per stream: the loader's sampler runs on through the epochs
             self._iterator = iter(self._loader())
         batch = next(self._iterator)
         self.consumed += per_step
@@ -92,9 +115,9 @@ class BatchStream:
         return batch.contiguous(memory_format=self.memory_format) if batch.dim() == 4 else batch
 
     def _loader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.consumed, self.rank, self.world_size,
-                               self.batch_size)
-        # Worker seeds follow the epoch too (a fresh pool per epoch; persistent workers would carry state over).
+        sampler = StreamSampler(len(self.dataset), self.seed, self.epoch, self.consumed, self.rank, self.world_size,
+                                self.batch_size)
+        # Samples draw their randomness from their index, so worker seeds do not change what a step sees.
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,

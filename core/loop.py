@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from . import checkpoint as checkpoints
 from . import distributed
 from .config import OptimizerConfig, RunConfig, fingerprint
 from .data import BatchStream
-from .device import autocast, evaluating, make_grad_scaler, seed_everything
+from .device import autocast, evaluating, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError, did_you_mean
 from .evaluation import evaluate as evaluate_metrics
@@ -107,7 +109,12 @@ def check_components(components: Components, config: RunConfig) -> None:
 
 
 class PhaseOptimizer:
-    """One phase's optimizer, with gradient scaling (fp16) and clipping."""
+    """One phase's optimizer, with its own gradient scaler (fp16) and clipping.
+
+    Each phase has its own scaler: an overflow in the discriminator's gradients
+    lowers the discriminator's scale only, and a scaler's growth interval counts
+    its own phase's updates.
+    """
 
     def __init__(self, phase: Phase, bundle: ModelBundle, settings: OptimizerSettings,
                  scaler: torch.amp.GradScaler | None, grad_clip: float | None,
@@ -127,35 +134,34 @@ class PhaseOptimizer:
             self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def step(self) -> bool:
-        """Apply the accumulated gradients; ``False`` (and no update) when they are not finite.
+    def step(self, skip_nonfinite: bool = False) -> torch.Tensor:
+        """Apply the accumulated gradients; return whether they were all finite, as a bool tensor on the device.
 
-        With fp16's gradient scaler, overflowing steps are the scaler's to skip
-        (it lowers its scale and tries again), so they are not reported here.
+        Nothing is read back to the host, except with ``skip_nonfinite`` and no
+        scaler: then non-finite gradients are dropped instead of applied, which
+        needs their verdict on the host before the update. With fp16's scaler,
+        an overflowing update is the scaler's to skip (it lowers its scale).
         """
-        self._average_gradients()
+        if self.world_size > 1:
+            distributed.average_gradients(self.parameters, self.world_size)
         if self.scaler is not None:
-            if self.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
+        finite = torch.isfinite(norm)
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        elif skip_nonfinite and not finite.item():
+            self.optimizer.zero_grad(set_to_none=True)
+            return finite
         else:
-            if self.grad_clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
-            if not torch.isfinite(norm).item():
-                self.optimizer.zero_grad(set_to_none=True)
-                return False
             self.optimizer.step()
         if self.phase.after_step is not None:
             self.phase.after_step(self.bundle)
-        return True
-
-    def _average_gradients(self) -> None:
-        if self.world_size > 1:
-            distributed.average_gradients(self.parameters, self.world_size)
+        return finite
 
 
 def lr_factor(decay: str, total_steps: int):
@@ -210,17 +216,18 @@ class Trainer:
         self.processes = processes
         if processes.enabled and self.train.sync_batchnorm:
             for name in list(self.networks):
-                self.networks[name] = distributed.convert_batchnorm(self.networks[name])
+                self.networks[name] = distributed.convert_batchnorm(self.networks[name], device)
         for network in self.networks.values():
             network.to(device).train()
         if processes.enabled:
             distributed.broadcast_state(list(self.networks.values()))
-        self.scaler = make_grad_scaler(self.train.precision, device)
+        self.precision = resolve_precision(self.train.precision, device).precision  # a run passes it resolved
         self.optimizers = {
             phase.name: PhaseOptimizer(
                 phase, self.bundle,
                 merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
-                self.scaler, self.train.grad_clip, self.train.lr_decay, self.train.steps, processes.world_size,
+                make_grad_scaler(self.precision, device), self.train.grad_clip, self.train.lr_decay,
+                self.train.steps, processes.world_size,
             )
             for phase in self.phases
         }
@@ -240,6 +247,7 @@ class Trainer:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
         self._averages = _Averages()
+        self._watch = _FiniteWatch(self.train.nonfinite)
         self.skipped_steps = 0
         self.best_value: float | None = None  # of train.eval.best, over this run's evaluations
         self.tensorboard: Any = None  # a SummaryWriter while fit() runs, with train.tensorboard
@@ -272,14 +280,22 @@ class Trainer:
                     result.steps = step
                     stopping = stop.signal
                     if self.processes.enabled:  # every process stops after the same step
-                        stopping = distributed.any_process(stopping, self.device)
+                        stopping = distributed.any_process(stopping)
                     main = self.processes.is_main
-                    if step % train.log_every == 0 or step == train.steps:
+                    last = step == train.steps
+                    logging_now = step % train.log_every == 0 or last
+                    evaluating_now = bool(train.eval_every and self.components.metrics and (
+                        step % train.eval_every == 0 or last))
+                    sampling_now = step % train.sample_every == 0 or last
+                    checkpointing_now = step % train.checkpoint_every == 0 or last or bool(stopping)
+                    if logging_now or evaluating_now or sampling_now or checkpointing_now:
+                        self._settle()  # the device's pending finite checks and counts, read once here
+                    if logging_now:
                         now = time.perf_counter()
                         steps_done = (step - 1) % train.log_every + 1
                         logs = averages.pop()
                         if self.processes.enabled:
-                            logs = distributed.mean_over_processes(logs, self.device)
+                            logs = distributed.mean_over_processes(logs)
                         self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
                                   seconds=now - started)
                         progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
@@ -287,16 +303,15 @@ class Trainer:
                         result.last_logs = logs
                         interval_start = now
                     improved = 0
-                    evaluating_now = bool(train.eval_every and self.components.metrics and (
-                        step % train.eval_every == 0 or step == train.steps))
                     if main and evaluating_now:
                         result.last_eval = self.evaluate(step)
                         improved = int(self._improves_best(result.last_eval))
-                    if self.processes.enabled and evaluating_now and train.eval.best:
-                        improved = distributed.any_process(improved, self.device)  # every process checkpoints
-                    if main and (step % train.sample_every == 0 or step == train.steps):
+                    if self.processes.enabled and evaluating_now:
+                        # the other processes wait here (within train.process_timeout) while process 0 evaluates
+                        improved = distributed.any_process(improved)
+                    if main and sampling_now:
                         result.samples.append(self.write_samples(step))
-                    if step % train.checkpoint_every == 0 or step == train.steps or stopping or improved:
+                    if checkpointing_now or improved:
                         result.checkpoint = self.write_checkpoint(step, batches.position())
                         if improved and main:
                             checkpoints.mark_best(self.run_dir / "checkpoints", result.checkpoint)
@@ -329,7 +344,10 @@ class Trainer:
         return False
 
     def restore(self, checkpoint: checkpoints.Checkpoint) -> tuple[int, dict[str, int] | None]:
-        """Load a checkpoint's weights, EMA, optimizers, schedules, scaler, RNG and log window; return (step, data position)."""
+        """Load a checkpoint's weights, EMA, optimizers, schedules, scalers, RNG and log window.
+
+        Returns (step, data position).
+        """
         state = checkpoint.state
         for name, network in self.networks.items():
             if name not in checkpoint.networks:
@@ -342,8 +360,11 @@ class Trainer:
         for name, optimizer in self.optimizers.items():
             optimizer.optimizer.load_state_dict(state["optimizers"][name])
             optimizer.schedule.load_state_dict(state["schedules"][name])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        scalers = state.get("scalers") or {}
+        for name, optimizer in self.optimizers.items():
+            saved = scalers.get(name) or state.get("scaler")  # "scaler": one shared by every phase, before
+            if optimizer.scaler is not None and saved:
+                optimizer.scaler.load_state_dict(saved)
         self._restore_rng(state, checkpoint.step)
         self._averages.load(state.get("log_window", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -367,8 +388,14 @@ class Trainer:
                            pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last)
 
     def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
-        """One training step: every phase of the loss, each repeated as it asks, then the EMA update."""
+        """One training step: every phase of the loss, each repeated as it asks, then the EMA update.
+
+        Finite checks stay on the device (read at the next log, evaluation, sample
+        or checkpoint), except with ``train.nonfinite: skip``, which must know
+        before each update whether to apply it.
+        """
         batch = None
+        skip = self.train.nonfinite == "skip"
         for phase in self.phases:
             self._only_train(phase)
             optimizer = self.optimizers[phase.name]
@@ -376,23 +403,50 @@ class Trainer:
                 for micro in range(self.train.accumulate):
                     if phase.uses_data or batch is None:
                         batch = next(batches)
-                    with autocast(self.train.precision, self.device):
+                    with autocast(self.precision, self.device):
                         loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
-                    finite = torch.isfinite(loss.detach()).item()
-                    if self.processes.enabled:  # all processes skip or stop together
-                        finite = distributed.all_agree(finite, self.device)
-                    if not finite:
-                        self._not_finite(step, phase, f"loss is {loss.item()}")
+                    if skip and not self._finite_everywhere(loss):
+                        self.skipped_steps += 1
                         break
+                    self._watch.loss(step, phase.name, loss)
                     optimizer.backward(loss / self.train.accumulate, first=micro == 0)
                     averages.add(phase.name, {"loss": loss.detach(), **logs})
                 else:
-                    if not optimizer.step():
-                        self._not_finite(step, phase, "gradient is not finite")
+                    finite = optimizer.step(skip_nonfinite=skip)
+                    if optimizer.scaler is not None:
+                        self._watch.skipped_by_scaler(finite)
+                    elif skip:
+                        self.skipped_steps += int(not finite)  # already read by the step
+                    else:
+                        self._watch.gradients(step, phase.name, finite)
         for optimizer in self.optimizers.values():
-            optimizer.schedule.step()
+            if optimizer.scaler is None:
+                optimizer.schedule.step()
+                continue
+            with warnings.catch_warnings():  # a scaler skipped the first update: the schedule still counts the step
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+                optimizer.schedule.step()
         if self.ema is not None:
             self.ema.update(self.networks[self.bundle.sampling_network], step)
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """Whether ``loss`` is finite in every process (read on the host: all processes skip together)."""
+        finite = bool(torch.isfinite(loss.detach()).item())
+        return distributed.all_agree(finite) if self.processes.enabled else finite
+
+    def _settle(self) -> None:
+        """Read the device's pending checks: stop on a non-finite loss or gradient (``stop``); count scaler skips."""
+        checked, first_bad, skipped = self._watch.read()
+        if self.processes.enabled:  # the same checks ran in every process: stop at the first one any of them saw
+            first_bad = distributed.smallest(first_bad)
+        self.skipped_steps += skipped
+        if first_bad >= len(checked):
+            return
+        step, phase, what = checked[first_bad]
+        raise TrainingError(
+            f"the {phase} phase's {what} was not finite at step {step}; stopped, leaving the last checkpoint intact. "
+            "Lower the learning rate, set train.grad_clip, or set train.nonfinite=skip to skip such updates"
+        )
 
     def _restore_rng(self, state: dict[str, Any], step: int) -> None:
         """Each process takes back its own random state; with another process count, fresh ones per process."""
@@ -401,16 +455,6 @@ class Trainer:
             checkpoints.set_rng_state(saved[self.processes.rank])
         else:
             seed_everything(self.config.seed + 1_000_003 * self.processes.rank + step)
-
-    def _not_finite(self, step: int, phase: Phase, what: str) -> None:
-        """Skip the phase's update and count it (``train.nonfinite: skip``), or stop the run."""
-        if self.train.nonfinite == "skip":
-            self.skipped_steps += 1
-            return
-        raise TrainingError(
-            f"the {phase.name} phase's {what} at step {step}; stopped, leaving the last checkpoint intact. "
-            "Lower the learning rate, set train.grad_clip, or set train.nonfinite=skip to skip such updates"
-        )
 
     def _only_train(self, phase: Phase) -> None:
         """Let gradients flow into the phase's networks only (the others are inputs to its loss)."""
@@ -475,7 +519,8 @@ class Trainer:
             "best": {"key": self.train.eval.best, "mode": self.train.eval.best_mode, "value": self.best_value},
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "scalers": {name: opt.scaler.state_dict() for name, opt in self.optimizers.items()
+                        if opt.scaler is not None},
             "rng": rng,
             "config_fingerprint": self.config_fingerprint,
         }
@@ -500,29 +545,74 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
 
 
+class _FiniteWatch:
+    """Whether losses and gradients stayed finite, kept as flags on the device until :meth:`read`.
+
+    Reading a flag makes the host wait for the device, so the loop reads them
+    all at once at its next log, evaluation, sample or checkpoint: a
+    non-finite value stops the run there (``train.nonfinite: stop``), before
+    anything of the steps since is written.
+    """
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.pending: list[tuple[int, str, str, torch.Tensor]] = []  # (step, phase, what, not finite)
+        self.scaler_skips: list[torch.Tensor] = []
+
+    def loss(self, step: int, phase: str, loss: torch.Tensor) -> None:
+        if self.mode == "stop":
+            self.pending.append((step, phase, "loss", ~torch.isfinite(loss.detach())))
+
+    def gradients(self, step: int, phase: str, finite: torch.Tensor) -> None:
+        if self.mode == "stop":
+            self.pending.append((step, phase, "gradient", ~finite))
+
+    def skipped_by_scaler(self, finite: torch.Tensor) -> None:
+        """An fp16 update: the scaler skipped it if its gradients overflowed."""
+        self.scaler_skips.append(~finite)
+
+    def read(self) -> tuple[list[tuple[int, str, str]], int, int]:
+        """What was checked since the last read as (step, phase, what), the index of the first non-finite one
+        (their count when all were finite), and how many updates the scalers skipped."""
+        pending, skips = self.pending, self.scaler_skips
+        self.pending, self.scaler_skips = [], []
+        skipped = int(torch.stack(skips).sum()) if skips else 0
+        checked = [item[:3] for item in pending]
+        if not pending:
+            return checked, 0, skipped
+        bad = torch.stack([flag for *_, flag in pending]).cpu().nonzero()
+        return checked, int(bad[0]) if len(bad) else len(checked), skipped
+
+
 class _Averages:
-    """Running means of the logged values, per ``phase/name``, since the last :meth:`pop`."""
+    """Running means of the logged values, per ``phase/name``, since the last :meth:`pop`.
+
+    Tensor values are summed where they are (on the device): nothing is read
+    back to the host until :meth:`pop` or :meth:`state`.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
     def add(self, phase: str, values: dict[str, Any]) -> None:
         for key, value in values.items():
             name = f"{phase}/{key}"
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def state(self) -> dict[str, dict[str, float]]:
         """The window so far (saved in checkpoints, so a resumed run logs the same averages)."""
-        return {"sums": dict(self.sums), "counts": {k: float(v) for k, v in self.counts.items()}}
+        return {"sums": {k: float(v) for k, v in self.sums.items()},
+                "counts": {k: float(v) for k, v in self.counts.items()}}
 
     def load(self, state: dict[str, dict[str, float]]) -> None:
         self.sums = dict(state.get("sums", {}))
         self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
 
     def pop(self) -> dict[str, float]:
-        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
         self.sums.clear()
         self.counts.clear()
         return means

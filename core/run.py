@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,8 @@ def _errors_about(loaded: LoadedConfig) -> Iterator[None]:
 
 
 RESUMABLE_CHANGES = (
-    "device", "output", "export", "train.steps", "train.log_every", "train.sample_every", "train.sample_count",
+    "device", "output", "export", "train.precision", "train.process_timeout", "train.steps", "train.log_every",
+    "train.sample_every", "train.sample_count",
     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval", "train.progress",
     "train.data_workers", "train.nonfinite", "train.tensorboard",
 )
@@ -121,62 +122,76 @@ RESUMABLE_CHANGES = (
 
 
 def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | None = None,
-        output: str | Path | None = None, resume: bool = False) -> RunOutcome:
+        output: str | Path | None = None, resume: bool = False, say: Callable[[str], None] | None = None) -> RunOutcome:
     """Train as the config file says, write the run directory and export if the config asks.
 
     With ``resume``, continue the run in the run directory from its latest checkpoint.
+    ``say`` receives the run's opening lines (device, precision and why), from process 0.
     """
     loaded = load_config(config_path, registry, overrides)
-    return run_loaded(loaded, registry, output=output, resume=resume)
+    return run_loaded(loaded, registry, output=output, resume=resume, say=say)
 
 
-def resume(run_dir: str | Path, registry: Registry, *, overrides: list[str] | None = None) -> RunOutcome:
+def resume(run_dir: str | Path, registry: Registry, *, overrides: list[str] | None = None,
+           say: Callable[[str], None] | None = None) -> RunOutcome:
     """Continue the run in ``run_dir`` from its latest checkpoint, with its own config (``aigc-kit resume``)."""
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():
         raise UserError("expected a run directory with a config.yaml", file=str(run_dir),
                         hint="pass the folder `aigc-kit run` wrote, e.g. runs/NAME")
-    return run(config_path, registry, overrides=overrides, output=run_dir, resume=True)
+    return run(config_path, registry, overrides=overrides, output=run_dir, resume=True, say=say)
 
 
 def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None,
-               resume: bool = False) -> RunOutcome:
+               resume: bool = False, say: Callable[[str], None] | None = None) -> RunOutcome:
     """Train from an already validated config (see :func:`run`)."""
     with _errors_about(loaded):
-        return _train(loaded, registry, output, resume)
+        return _train(loaded, registry, output, resume, say or (lambda line: None))
 
 
-def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool) -> RunOutcome:
+def choose_precision(requested: str, device: Any, checkpoint: Any = None) -> Any:
+    """The run's precision: what ``requested`` resolves to here, or, resuming with ``auto``, what the run trained in.
+
+    A resumed ``auto`` run keeps its checkpoint's precision (so that it goes on as
+    it started) unless this device cannot run it (fp16 saved, and no GPU here).
+    """
+    from .device import PrecisionChoice, resolve_precision
+
+    choice = resolve_precision(requested, device)
+    saved = ((checkpoint.config.get("train") or {}).get("precision") if checkpoint is not None else None)
+    if requested != "auto" or saved not in ("fp32", "bf16", "fp16") or saved == choice.precision:
+        return choice
+    if saved == "fp16" and device.type not in ("cuda", "mps"):
+        return PrecisionChoice(choice.precision, "auto", f"{choice.reason} (the run trained in fp16 until now, "
+                                                         f"which needs a GPU)")
+    return PrecisionChoice(saved, "auto", f"the run trained in {saved} until now (auto alone would pick "
+                                          f"{choice.precision} here: {choice.reason})")
+
+
+def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool,
+           say: Callable[[str], None]) -> RunOutcome:
     from . import distributed
-    from .checkpoint import load_checkpoint
     from .device import check_precision, seed_everything, select_device
     from .loop import Trainer
 
     config = loaded.config
     run_dir = run_directory(loaded, output)
-    has_run = (run_dir / "checkpoints").exists()
-    if has_run and not resume and not config.output.overwrite:
-        raise UserError(
-            "the run directory already holds a run",
-            file=str(run_dir),
-            hint="continue it with --resume, choose another with --output DIR, "
-                 "or replace it with --set output.overwrite=true",
-        )
-    if resume and not has_run:
-        raise UserError("there is no run to resume here (no checkpoints/)", file=str(run_dir),
-                        hint="start it without --resume")
     device = select_device(config.device)
-    processes = distributed.from_environment(device)
+    processes = distributed.from_environment(device, config.train.process_timeout)
     device = processes.device(device)
     if device.type == "cuda":
         import torch
 
         torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
-    check_precision(config.train.precision, device)
+    # Only process 0 reads the run directory: the other nodes of a job need no shared filesystem.
+    checkpoint = distributed.from_process_zero(lambda: _open_run_directory(run_dir, resume, config.output.overwrite),
+                                               processes)
+    precision = choose_precision(config.train.precision, device, checkpoint)
+    check_precision(precision, device)
+    config.train.precision = precision.precision  # the resolved config (and so every resume) keeps the choice
     seed_everything(config.seed)  # the same initial weights in every process
     components = build_components(loaded, registry)
     resolved = loaded.resolved()
-    checkpoint = load_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         check_resumable(checkpoint.config, resolved, checkpoint.path)
         if checkpoint.step >= config.train.steps:
@@ -192,21 +207,47 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
             _clear_previous_run(run_dir, config.export.file if config.export else None)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        (run_dir / "environment.json").write_text(json.dumps(environment(registry, device, processes), indent=2))
+        described = environment(registry, device, processes)
+        described["precision"] = precision.as_dict()
+        (run_dir / "environment.json").write_text(json.dumps(described, indent=2))
+        steps = f"steps {checkpoint.step + 1}-{config.train.steps}" if checkpoint is not None else \
+            f"{config.train.steps} steps"
+        processes_note = f", {processes.world_size} processes" if processes.enabled else ""
+        say(f"training {steps} on {device}{processes_note}; precision {precision.describe()}")
     try:
         result = trainer.fit(resume=checkpoint)
     finally:
         distributed.shutdown(processes)
     report = None
     if config.export is not None and processes.is_main:
-        report = _export_network(
-            registry, loaded, trainer.sampling_network(), components, run_dir / config.export.file
-        )
+        # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,
+        # whatever device and precision the run trained in.
+        export_section = config.export
+        report = export(result.checkpoint, registry, format=export_section.format,
+                        out=run_dir / export_section.file, options=export_section.plugin_options())
     return RunOutcome(run_dir=run_dir, train=result, export=report)
 
 
+def _open_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> Any:
+    """The checkpoint to resume from (None for a new run), after checking that the run directory fits the intent."""
+    from .checkpoint import load_checkpoint
+
+    has_run = (run_dir / "checkpoints").exists()
+    if has_run and not resume and not overwrite:
+        raise UserError(
+            "the run directory already holds a run",
+            file=str(run_dir),
+            hint="continue it with --resume, choose another with --output DIR, "
+                 "or replace it with --set output.overwrite=true",
+        )
+    if resume and not has_run:
+        raise UserError("there is no run to resume here (no checkpoints/)", file=str(run_dir),
+                        hint="start it without --resume")
+    return load_checkpoint(run_dir) if resume else None
+
+
 def environment(registry: Registry, device: Any, processes: Any) -> dict[str, Any]:
-    """Where a run trains: versions, device, processes and threads, and the plugins loaded (for its report)."""
+    """Where a run trains: versions, device, processes and threads, CPU features, and the plugins loaded."""
     import platform
 
     import torch
@@ -220,6 +261,12 @@ def environment(registry: Registry, device: Any, processes: Any) -> dict[str, An
     }
     if getattr(device, "type", None) == "cuda":
         described["gpu"] = torch.cuda.get_device_name(device)
+    if getattr(device, "type", None) == "cpu":
+        from .device import native_bf16_cpu
+
+        native, why = native_bf16_cpu()
+        described["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
+                            "bf16_reason": why}
     described["plugins"] = {record.name: f"{record.distribution or record.source} {record.version or ''}".strip()
                             for record in registry.plugins() if record.status == "loaded"}
     return described

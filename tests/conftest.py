@@ -58,8 +58,9 @@ def tiny_config(**changes) -> dict:
         "model": {"name": "dcgan", "latent_dim": 8, "width": 8},
         "loss": {"name": "gan-bce"},
         "sampler": {"name": "normal"},
-        "train": {"steps": 4, "batch_size": 8, "log_every": 2, "sample_every": 2, "sample_count": 4,
-                  "checkpoint_every": 2, "progress": False},
+        # fp32: auto would pick bf16 on some CPUs and fp32 on others, and the tests compare numbers
+        "train": {"steps": 4, "batch_size": 8, "precision": "fp32", "log_every": 2, "sample_every": 2,
+                  "sample_count": 4, "checkpoint_every": 2, "progress": False},
     }
     for key, value in changes.items():
         config[key] = value

@@ -68,3 +68,28 @@ def test_black_backgrounds_keep_the_same_shapes(builtin_registry):
     assert torch.all(corners == -1)  # shapes never reach the corners
     assert [varied.dataset.kind(i) for i in range(20)] == [black.dataset.kind(i) for i in range(20)]
     assert not torch.equal(varied.dataset[0], black.dataset[0])
+
+
+class WorkerPids(torch.utils.data.Dataset):
+    """Each sample is the id of the process that loaded it."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import os
+
+        return torch.tensor([os.getpid(), index])
+
+
+def test_data_workers_start_once_and_serve_every_epoch_in_the_same_order_as_the_main_process():
+    from aigc_kit.core.data import BatchStream
+
+    with_workers = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"), workers=1)
+    batches = [next(with_workers) for _ in range(6)]  # three epochs of two batches
+    assert len({int(pid) for batch in batches for pid in batch[:, 0]}) == 1  # one worker process throughout
+    assert with_workers.position() == {"epoch": 2, "consumed": 8}
+    in_process = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"))
+    assert [batch[:, 1].tolist() for batch in batches] == [next(in_process)[:, 1].tolist() for _ in range(6)]
+    resumed = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"), position={"epoch": 1, "consumed": 4})
+    assert [next(resumed)[:, 1].tolist() for _ in range(3)] == [batch[:, 1].tolist() for batch in batches[3:]]

@@ -103,7 +103,7 @@ def test_a_short_wgan_gp_run_on_the_ring_improves_mode_coverage(tmp_path, write_
         "loss": {"name": "wgan-gp", "gp_lambda": 0.1, "discriminator_lr": 1e-3, "generator_lr": 1e-3,
                  "beta1": 0.5},
         "sampler": {"name": "normal"},
-        "train": {"steps": 300, "batch_size": 256, "log_every": 100, "sample_every": 300, "sample_count": 500,
+        "train": {"steps": 300, "batch_size": 256, "precision": "fp32", "log_every": 100, "sample_every": 300, "sample_count": 500,
                   "checkpoint_every": 300, "progress": False, "eval_every": 300, "ema": {"enabled": False},
                   "eval": {"samples": 1000, "metrics": [{"name": "mode-coverage"}]}},
     }
