@@ -469,10 +469,16 @@ def _echo_export(report: dict[str, Any]) -> None:
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion samplers: another step count.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--providers", default="auto", show_default=True,
-              help="auto (TensorRT, CUDA, OpenVINO, then CPU), cpu, cuda, tensorrt, openvino, or a comma-separated list.")
+              help="auto (CUDA, OpenVINO, then CPU), cpu, cuda, tensorrt, openvino, or a comma-separated list.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime's intra-op threads.")
+@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The GPU to run on (CUDA and TensorRT).")
+@click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path),
+              help="TensorRT: where its engines are kept (default: MODEL.onnx.trt-cache/ beside the model).")
+@click.option("--trt-fp16", is_flag=True, help="TensorRT: let it run fp32 layers in fp16 (on for an fp16 export).")
 def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
-             batch_size: int, providers: str, threads: int | None) -> None:
+             batch_size: int, providers: str, threads: int | None, device_id: int, trt_cache: Path | None,
+             trt_fp16: bool) -> None:
     """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
     from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.runtime import OnnxGenerator, grid, image
@@ -480,7 +486,8 @@ def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path
     if out is None and out_dir is None:
         raise click.UsageError("say where the images go: --out GRID.png and/or --out-dir DIR")
     try:
-        generator = OnnxGenerator(model, providers=providers, threads=threads)
+        generator = OnnxGenerator(model, providers=providers, threads=threads, device_id=device_id,
+                                  tensorrt_cache=trt_cache, tensorrt_fp16=trt_fp16, batch_size=batch_size)
     except UserError as error:
         error.field = "--providers" if error.field == "providers" else error.field
         raise
@@ -548,12 +555,13 @@ def inspect(model: Path, as_json: bool) -> None:
 @click.option("--repeats", type=click.IntRange(min=3), default=10, show_default=True, help="Timed calls per row.")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Exports to time (run directories).")
 @click.option("--no-compile", is_flag=True, help="Skip torch.compile (its first call can take a minute).")
-@click.option("--providers", default="cpu", show_default=True,
-              help="For MODEL.onnx: the onnxruntime provider(s), as for generate (e.g. openvino).")
+@click.option("--device", default="cpu", show_default=True, help="Where the PyTorch paths run: cpu, cuda or cuda:N.")
+@click.option("--providers", help="onnxruntime's provider(s), as for generate (default: cuda with --device cuda, "
+                                  "else cpu; e.g. openvino).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def bench(state: State, source: Path, batch_sizes: tuple[int, ...], threads: int | None, repeats: int,
-          precisions: str, no_compile: bool, providers: str, as_json: bool) -> None:
+          precisions: str, no_compile: bool, device: str, providers: str | None, as_json: bool) -> None:
     """Time SOURCE (a run directory, or MODEL.onnx) with onnxruntime and with each PyTorch path."""
     from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.bench import bench as run_bench
@@ -565,9 +573,13 @@ def bench(state: State, source: Path, batch_sizes: tuple[int, ...], threads: int
         raise UserError("unknown precision", field="--precisions", expected="some of fp32, fp16, int8",
                         given=precisions)
     registry = None if source.suffix == ".onnx" else state.registry()
-    report = run_bench(source, registry, batch_sizes=batch_sizes, threads=threads, repeats=repeats, precisions=chosen,
-                       compile=not no_compile, providers=providers, progress=(lambda line: None) if as_json else
-                       (lambda line: click.echo(line, err=True)))
+    try:
+        report = run_bench(source, registry, batch_sizes=batch_sizes, threads=threads, repeats=repeats,
+                           precisions=chosen, compile=not no_compile, providers=providers, device=device,
+                           progress=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
+    except UserError as error:
+        error.field = {"device": "--device", "providers": "--providers"}.get(error.field or "", error.field)
+        raise
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else format_report(report))
 
 

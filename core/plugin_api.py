@@ -219,7 +219,9 @@ class ExportRequest:
     """What an exporter is given.
 
     ``network`` is the trained sampling network (its EMA weights when the run kept
-    them), in eval mode; ``sampler`` the run's sampler; ``noise_shape`` the shape of
+    them), in eval mode; an exporter must leave it as it is (the ONNX exporter
+    traces a copy on the CPU in fp32, whatever device and dtype it is given);
+    ``sampler`` the run's sampler; ``noise_shape`` the shape of
     one noise sample; ``sample_shape`` and ``value_range`` describe one sample the
     sampler returns; ``metadata`` is the run's provenance (producer, plugins and
     their versions, the config's hash), to be stored in the file; ``path`` is

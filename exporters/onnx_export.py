@@ -148,6 +148,16 @@ class StepGraph(torch.nn.Module):
         return self.sampler.transition(self.network, x, timestep, previous, noise)
 
 
+def export_copy(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``network`` on the CPU, in fp32 and eval mode, to trace and check.
+
+    The caller's network may live on a GPU, in bf16 or in train mode; tracing it
+    in place would move or convert it under its owner, and NumPy needs CPU
+    tensors to compare with onnxruntime.
+    """
+    return copy.deepcopy(network).to(device="cpu", dtype=torch.float32).eval()
+
+
 def resolve_graph(what: str, sampler: Any) -> str:
     """The graph ``what`` asks for, checked against the sampler; ``auto`` picks the most useful one."""
     stepwise = is_stepwise(sampler)
@@ -182,7 +192,7 @@ class OnnxExporter:
         if options.pixels == "uint8" and len(request.sample_shape) != 3:
             raise UserError(f"uint8 pixels need image samples, and these have shape {tuple(request.sample_shape)}",
                             field="export.pixels", hint="use pixels: float")
-        network = request.network.float().eval()
+        network = export_copy(request.network)
         sampler = _with_steps(request.sampler, options.steps) if what == "sampler" else request.sampler
         layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
         started = time.perf_counter()

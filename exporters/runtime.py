@@ -30,7 +30,9 @@ from aigc_kit.core.timesteps import sampling_timesteps
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "openvino": OPENVINO, "cpu": CPU}
-AUTO_ORDER = (TENSORRT, CUDA, OPENVINO, CPU)
+AUTO_ORDER = (CUDA, OPENVINO, CPU)
+"""``auto``: TensorRT is left out. It builds an engine for minutes on first use and runs fp16 only when told;
+it is asked for by name (``tensorrt``), with CUDA behind it for the operators it lacks."""
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
@@ -60,11 +62,12 @@ def import_onnxruntime() -> Any:
 def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
     """The providers to ask onnxruntime for, best first.
 
-    ``auto``: TensorRT, then CUDA, then OpenVINO, then CPU, of those this onnxruntime has
+    ``auto``: CUDA, then OpenVINO, then CPU, of those this onnxruntime has
     (:class:`OnnxGenerator` leaves OpenVINO out for diffusion samplers).
     ``tensorrt``/``cuda``/``openvino``/``cpu`` (or full provider names, comma-separated or a
     list): those, each of which must be available, with CPU appended as the
-    fallback onnxruntime needs for operators the others lack.
+    fallback onnxruntime needs for operators the others lack (and CUDA behind
+    TensorRT, as onnxruntime advises).
     """
     if isinstance(requested, str):
         if requested == "auto":
@@ -78,6 +81,8 @@ def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -
             field="providers", expected="auto, or some of: " + ", ".join(available), given=",".join(requested),
             hint="for CUDA and TensorRT install 'aigc-kit[gpu]' (onnxruntime-gpu) on a machine with CUDA",
         )
+    if TENSORRT in chosen and CUDA in available and CUDA not in chosen:
+        chosen.insert(chosen.index(TENSORRT) + 1, CUDA)
     return chosen + ([CPU] if CPU not in chosen and CPU in available else [])
 
 
@@ -88,14 +93,20 @@ class OnnxGenerator:
     ``threads``: onnxruntime's intra-op threads (default: its own choice).
     ``graph_optimization``: disable, basic, extended or all.
     ``cudnn_conv_algo_search``: EXHAUSTIVE (best kernels, slow first run),
-    HEURISTIC or DEFAULT (CUDA only).
+    HEURISTIC or DEFAULT (CUDA only). ``device_id``: the GPU (CUDA and TensorRT).
+    TensorRT (see :func:`tensorrt_options`): ``tensorrt_cache`` is where its
+    engines are kept (default: ``MODEL.onnx.trt-cache/`` beside the model),
+    ``tensorrt_fp16`` lets it run fp32 layers in fp16 (always on for an fp16
+    export), ``batch_size`` the largest batch its engine must take.
     After construction, :attr:`provider` is the provider onnxruntime actually
     runs: a session asked for CUDA silently falls back to the CPU when CUDA
     cannot start, so the runtime checks and warns.
     """
 
     def __init__(self, path: str | Path, providers: str | Sequence[str] = "auto", *, threads: int | None = None,
-                 graph_optimization: str = "all", cudnn_conv_algo_search: str = "EXHAUSTIVE") -> None:
+                 graph_optimization: str = "all", cudnn_conv_algo_search: str = "EXHAUSTIVE", device_id: int = 0,
+                 tensorrt_cache: str | Path | None = None, tensorrt_fp16: bool = False,
+                 batch_size: int | None = None) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
@@ -121,8 +132,21 @@ class OnnxGenerator:
         }[graph_optimization]
         if threads is not None:
             options.intra_op_num_threads = threads
-        provider_options = {CUDA: {"cudnn_conv_algo_search": cudnn_conv_algo_search},
+        if device_id < 0:
+            raise UserError("a GPU's number is 0 or more", field="device_id", given=device_id)
+        gpu = {"device_id": str(device_id)} if device_id else {}
+        provider_options = {CUDA: {**gpu, "cudnn_conv_algo_search": cudnn_conv_algo_search},
                             OPENVINO: {"num_of_threads": str(threads)} if threads else {}}
+        if TENSORRT in self.requested:
+            trt = tensorrt_options(self.path, _read_metadata_only(ort, self.path), cache=tensorrt_cache,
+                                   fp16=tensorrt_fp16, batch_size=batch_size)
+            try:
+                Path(trt["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create TensorRT's engine cache: {exc.strerror}",
+                                file=trt["trt_engine_cache_path"], hint="name a writable folder (--trt-cache DIR)") \
+                    from None
+            provider_options[TENSORRT] = {**gpu, **trt}
         self.fallback: str | None = None
         candidates = self.requested
         while True:
@@ -231,16 +255,58 @@ class OnnxGenerator:
         return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
 
 
-def _graph_kind(ort: Any, path: Path) -> str | None:
-    """The ``aigc_kit.graph`` of the model file, read through a session that skips every optimization."""
+def _metadata_map(ort: Any, path: Path) -> dict[str, str]:
+    """The model file's ``metadata_props``, read through a CPU session that skips every optimization."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(str(path), options, providers=[CPU], provider_options=[{}])
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the real session that follows
-        return None
-    return session.get_modelmeta().custom_metadata_map.get("aigc_kit.graph")
+        return {}
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _graph_kind(ort: Any, path: Path) -> str | None:
+    """The ``aigc_kit.graph`` of the model file."""
+    return _metadata_map(ort, path).get("aigc_kit.graph")
+
+
+def _read_metadata_only(ort: Any, path: Path) -> dict[str, Any]:
+    properties = _metadata_map(ort, path)
+    return read_metadata(properties, path) if properties else {}
+
+
+def tensorrt_options(path: Path, metadata: dict[str, Any], *, cache: str | Path | None = None, fp16: bool = False,
+                     batch_size: int | None = None) -> dict[str, str]:
+    """onnxruntime's TensorRT options for an exported model: an engine cache, fp16, and shape profiles.
+
+    The engine (minutes to build) is cached in ``cache`` (default
+    ``MODEL.onnx.trt-cache/`` beside the model) and rebuilt only when the
+    model or the profiles change. The profiles span the batch sizes the export
+    was validated at (and ``batch_size``, if larger), tuned for the largest; a
+    sampler's step count is the export's. fp16 is on for an fp16 export, and
+    otherwise only when asked for (it changes the numbers the export was
+    validated with).
+    """
+    folder = Path(cache) if cache is not None else path.with_name(path.name + ".trt-cache")
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
+               "trt_fp16_enable": "True" if fp16 or metadata.get("precision") == "fp16" else "False"}
+    validated = list((metadata.get("validation") or {}).get("batch_sizes") or [1])
+    smallest, largest = min(validated), max([*validated, batch_size or 0])
+    steps = len((metadata.get("sampling") or {}).get("timesteps") or []) or (metadata.get("sampling") or {}).get(
+        "steps", 1)
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for spec in metadata.get("inputs", []):
+        if "batch" not in spec["shape"] and "steps" not in spec["shape"]:
+            continue
+        for profile, batch in (("min", smallest), ("opt", largest), ("max", largest)):
+            dims = [batch if dim == "batch" else steps if dim == "steps" else int(dim) for dim in spec["shape"]]
+            shapes[profile].append(f"{spec['name']}:{'x'.join(str(dim) for dim in dims)}")
+    for profile, entries in shapes.items():
+        if entries:
+            options[f"trt_profile_{profile}_shapes"] = ",".join(entries)
+    return options
 
 
 def _first_line(exc: Exception) -> str:

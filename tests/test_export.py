@@ -17,9 +17,11 @@ from onnx import numpy_helper
 
 from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError, ValidationFailed
+from aigc_kit.core.plugin_api import ExportRequest
 from aigc_kit.core.registry import default_registry
 from aigc_kit.core.run import export, load_trained, run
 from aigc_kit.exporters import runtime
+from aigc_kit.exporters.bench import BenchReport, Timing, format_report
 from aigc_kit.exporters.runtime import OnnxGenerator, choose_providers
 
 from .conftest import tiny_config
@@ -108,6 +110,39 @@ def test_the_metadata_describes_inputs_outputs_provenance_and_validation(gan_run
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "g.onnx")])
     assert result.exit_code == 0, result.output
     assert "generator model 'dcgan'" in result.output and "input z: float32 batchx8" in result.output
+
+
+def test_the_exporter_traces_a_cpu_fp32_copy_and_leaves_the_callers_network_as_it_was(gan_run,
+                                                                                      builtin_registry_module,
+                                                                                      tmp_path):
+    trained = load_trained(gan_run, builtin_registry_module)
+    network = trained.network.to(torch.bfloat16).train()  # the closest CPU stand-in for a GPU run's live network
+    before = {key: value.clone() for key, value in network.state_dict().items()}
+    exporter = builtin_registry_module.spec("exporter", "onnx").factory(
+        builtin_registry_module.options("exporter", "onnx", {}))
+    request = ExportRequest(network=network, sampler=trained.components.sampler,
+                            noise_shape=tuple(trained.components.model.noise_shape),
+                            sample_shape=tuple(trained.components.data.info.shape),
+                            value_range=tuple(trained.components.data.info.value_range), path=str(tmp_path / "g.onnx"))
+    report = exporter.export(request)
+    assert report["max_abs_error"] < 1e-4 and (tmp_path / "g.onnx").is_file()
+    assert network.training and all(p.dtype == torch.bfloat16 for p in network.parameters())
+    assert all(torch.equal(before[key], value) for key, value in network.state_dict().items())
+
+
+def test_the_end_of_run_export_is_made_from_the_last_checkpoint_as_aigc_kit_export_makes_it(tmp_path, write_config,
+                                                                                          builtin_registry_module,
+                                                                                          monkeypatch):
+    from aigc_kit.core import run as runs
+
+    sources = []
+    original = runs.load_trained
+    monkeypatch.setattr(runs, "load_trained", lambda source, *args, **kwargs: sources.append(source) or original(
+        source, *args, **kwargs))
+    outcome = run(write_config({**tiny_config(), "export": {"format": "onnx"}}), builtin_registry_module,
+                  output=tmp_path / "run")
+    assert sources == [outcome.train.checkpoint] and outcome.train.checkpoint.name == "step-000004"
+    assert outcome.export["path"] == str(tmp_path / "run" / "model.onnx")
 
 
 def test_the_config_hash_ignores_where_and_how_a_run_is_exported(gan_run, builtin_registry_module, tmp_path):
@@ -372,15 +407,14 @@ def test_the_runtime_reproduces_the_pytorch_sampler_for_the_same_noise(unet_run,
     assert np.abs(images.astype(int) - runtime.to_pixels(expected, (-1, 1)).astype(int)).max() <= 1
 
 
-def test_auto_providers_prefer_tensorrt_then_cuda_then_cpu():
+def test_auto_providers_prefer_cuda_then_openvino_then_cpu_and_tensorrt_is_asked_for_by_name():
     everything = ["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"]
-    assert choose_providers("auto", everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                    "CPUExecutionProvider"]
-    assert choose_providers("auto", ["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
-        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", everything) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("auto", ["CPUExecutionProvider", "OpenVINOExecutionProvider"]) == [
         "OpenVINOExecutionProvider", "CPUExecutionProvider"]
     assert choose_providers("cuda", everything) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("tensorrt", everything) == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                        "CPUExecutionProvider"]  # CUDA takes what TensorRT cannot
     with pytest.raises(UserError) as error:
         choose_providers("cuda", ["CPUExecutionProvider"])
     assert "CUDAExecutionProvider" in str(error.value) and "aigc-kit[gpu]" in str(error.value)
@@ -503,6 +537,13 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     assert row["p25_ms"] <= row["median_ms"] <= row["p75_ms"]
     assert row["images_per_second"] == pytest.approx(row["batch_size"] * 1000 / row["median_ms"])
     assert set(report["exports"]) == {"fp32", "fp32 subpixel", "fp16", "fp16 subpixel"}
+    from aigc_kit.core.device import resolve_precision
+
+    assert report["auto_precision"] == resolve_precision("auto", torch.device("cpu")).as_dict()
+    table = format_report(BenchReport(**{**report, "timings": [Timing(**row) for row in report["timings"]]}))
+    auto_row = "torch eager bf16 autocast *" if report["auto_precision"]["precision"] == "bf16" else \
+        "torch eager fp32 *"
+    assert "train.precision auto picks" in table and auto_row in table
 
     export_file = tmp_path / "g.onnx"
     CliRunner().invoke(cli, ["export", str(gan_run), "--out", str(export_file)])
