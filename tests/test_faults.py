@@ -22,7 +22,6 @@ from aigc_kit.core.run import run
 
 from .conftest import tiny_config
 
-
 KILLABLE_STEPS = 240
 """Enough steps that four kills, each up to 0.4 s after a checkpoint, land before the run ends on a fast CPU."""
 
