@@ -82,19 +82,20 @@ def native_bf16_cpu() -> tuple[bool, str]:
 
     oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also
     says yes on plain AVX-512 CPUs, where it emulates bf16 and a DCGAN step
-    runs 1.5x slower than in fp32 (docs/benchmarks.md), so on x86 the CPU's
+    runs 1.7x slower than in fp32 (docs/benchmarks.md), so on x86 the CPU's
     instruction set is asked as well, and a cap the user set with
     ``ONEDNN_MAX_CPU_ISA`` is respected.
     """
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if x86 and cap in _ONEDNN_ISAS[:-1]:
+        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from native bf16 instructions, so bf16 would be emulated"
     onednn_check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     emulated = "this CPU has no native bf16 (neither AVX-512 BF16 nor AMX), so bf16 would be emulated"
     if onednn_check is None or not onednn_check():
         return False, emulated
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+    if not x86:
         return True, "oneDNN reports bf16 instructions on this CPU"
-    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
-    if cap in _ONEDNN_ISAS[:-1]:
-        return False, f"ONEDNN_MAX_CPU_ISA={cap} keeps oneDNN from native bf16 instructions, so bf16 would be emulated"
     amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
     avx512_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     if amx or avx512_bf16:

@@ -40,3 +40,11 @@ def test_example_runs_end_to_end_when_shortened(example, tmp_path):
     assert (tmp_path / "run" / "samples" / "step-000002.png").is_file()
     if "export:" in text:
         assert (tmp_path / "run" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_lets_the_hardware_choose_its_precision(example):
+    from aigc_kit.core.config import load_config
+    from aigc_kit.core.registry import default_registry
+
+    assert load_config(example, default_registry()).config.train.precision == "auto"
