@@ -42,6 +42,7 @@ class Row:
     status: str = "pass"  # pass, FAIL or skipped
     figures: str = ""
     detail: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -95,18 +96,23 @@ def main() -> int:
         print(f"no CUDA device here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}): nothing "
               "to check. Run this on a machine with a GPU, or pass --rehearse to run the same rows on the CPU.")
         return 0
+    from aigc_kit.core.device import native_bf16_gpu
+
     gpus = torch.cuda.device_count() if not args.rehearse else 0
     check = Check(out=args.out, steps=args.steps, rehearse=args.rehearse, tiny=args.tiny, gpus=gpus,
-                  bf16=bool(gpus) and torch.cuda.is_bf16_supported())
+                  bf16=bool(gpus) and native_bf16_gpu(torch.device("cuda", 0)))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    check.rows.append(environment_row(check))
-    for precision in ("fp16", "bf16", "auto"):
-        check.rows.append(dcgan_row(check, precision))
-    check.rows.append(data_parallel_row(check))
-    check.rows.append(ddim_row(check))
-    check.rows.extend(generate_rows(check))
-    check.rows.append(bench_row(check))
+    steps = [lambda: [environment_row(check)], *[lambda p=precision: [dcgan_row(check, p)]
+                                                 for precision in ("fp16", "bf16", "auto")],
+             lambda: [data_parallel_row(check)], lambda: [ddim_row(check)], lambda: generate_rows(check),
+             lambda: [bench_row(check)]]
+    for step in steps:
+        began = time.perf_counter()
+        rows = step()
+        for row in rows:
+            row.seconds = (time.perf_counter() - began) / len(rows)
+        check.rows.extend(rows)
     print(table(check.rows))
     print(f"{time.perf_counter() - started:.0f} s in all; runs and exports in {args.out}")
     return 1 if any(row.status == "FAIL" for row in check.rows) else 0
@@ -135,7 +141,7 @@ def dcgan_row(check: Check, precision: str) -> Row:
     if precision == "fp16" and check.rehearse:
         return Row(row.name, "skipped", "fp16 training needs a GPU")
     if precision == "bf16" and not check.rehearse and not check.bf16:
-        return Row(row.name, "skipped", "this GPU has no bf16")
+        return Row(row.name, "skipped", "this GPU has no native bf16")
     result, run_dir = check.example(f"dcgan-{precision}", "dcgan-shapes.yaml", f"train.precision={precision}")
     if not passed(row, result):
         return row
@@ -265,17 +271,16 @@ def bench_row(check: Check) -> Row:
     source = check.out / ("dcgan-fp16" if not check.rehearse else "dcgan-bf16")
     if not source.is_dir():
         return Row(row.name, "FAIL", f"no {source} (its run failed above)")
-    result = check.cli("bench", str(source), "--device", check.device, "--batch-sizes", "1,64", "--repeats", "5",
-                       "--precisions", "fp32,fp16", "--no-compile", "--json")
+    batch = 8 if check.tiny else 64
+    result = check.cli("bench", str(source), "--device", check.device, "--batch-sizes", f"1,{batch}", "--repeats",
+                       "3" if check.tiny else "5", "--precisions", "fp32,fp16", "--no-compile", "--json")
     if not passed(row, result):
         return row
     report = json.loads(result.stdout)
-    fastest = {}
-    for timing in report["timings"]:
-        if timing["batch_size"] == 64:
-            fastest[timing["path"]] = timing["images_per_second"]
+    fastest = {timing["path"]: timing["images_per_second"] for timing in report["timings"]
+               if timing["batch_size"] == batch}
     best = max(fastest, key=fastest.get)
-    row.figures = f"batch 64: fastest {best} ({fastest[best]:.0f} images/s); eager fp32 " \
+    row.figures = f"batch {batch}: fastest {best} ({fastest[best]:.0f} images/s); eager fp32 " \
                   f"{fastest.get('torch eager fp32', float('nan')):.0f} images/s"
     return row
 
@@ -306,10 +311,11 @@ def last_lines(text: str, count: int = 3) -> str:
 
 def table(rows: list[Row]) -> str:
     width = max(len(row.name) for row in rows)
-    lines = [f"{'check':<{width}}  {'status':<7}  figures", f"{'-' * width}  {'-' * 7}  {'-' * 7}"]
+    lines = [f"{'check':<{width}}  {'status':<7}  {'seconds':>7}  figures",
+             f"{'-' * width}  {'-' * 7}  {'-' * 7}  {'-' * 7}"]
     for row in rows:
-        lines.append(f"{row.name:<{width}}  {row.status:<7}  {row.figures}")
-        lines.extend(f"{'':<{width}}  {'':<7}  {detail}" for detail in row.detail)
+        lines.append(f"{row.name:<{width}}  {row.status:<7}  {row.seconds:>7.1f}  {row.figures}")
+        lines.extend(f"{'':<{width}}  {'':<7}  {'':>7}  {detail}" for detail in row.detail)
     return "\n".join(lines)
 
 

@@ -94,8 +94,8 @@ class TrainConfig(_Strict):
     steps: int = Field(1000, gt=0, description="Training steps (one step runs every phase of the loss).")
     batch_size: int = Field(64, gt=0, description="Samples per batch (per phase repeat).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision. auto picks, once at the start: bf16 on CUDA devices that support "
-        "it, else fp16; bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32; fp32 on MPS. The choice and "
+        "auto", description="Autocast precision. auto picks, once at the start: bf16 on CUDA devices that compute "
+        "it natively (Ampere and later), else fp16; bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32; fp32 on MPS. The choice and "
         "its reason go to environment.json, and the resolved config keeps it, so a resume trains in the same one. "
         "fp16 uses one gradient scaler per phase and needs CUDA (or MPS)."
     )

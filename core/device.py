@@ -48,9 +48,6 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""What ``train.precision`` may say; ``auto`` resolves to one of the others once, at the start of a run."""
-
 _ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
                 "AVX512_CORE_BF16")
 """oneDNN's CPU instruction sets in increasing order, up to the first with bf16 dot products (the later ones have
@@ -106,8 +103,8 @@ def native_bf16_cpu() -> tuple[bool, str]:
 def resolve_precision(requested: str, device: torch.device) -> PrecisionChoice:
     """The precision to train in on ``device``: ``requested`` itself, or what ``auto`` picks there.
 
-    ``auto``: bf16 on a CUDA device that supports it, fp16 (with a gradient
-    scaler) on an older one; bf16 on a CPU with native bf16, fp32 on other
+    ``auto``: bf16 on a CUDA device that computes it natively (Ampere and
+    later), fp16 (with a gradient scaler) on an older one; bf16 on a CPU with native bf16, fp32 on other
     CPUs (emulated bf16 ran a DCGAN step about 20x slower than fp32 on an
     AVX2 CPU); fp32 on MPS, whose autocast coverage and bf16 support depend on
     the macOS version (ask for fp16 or bf16 there explicitly).
@@ -115,14 +112,26 @@ def resolve_precision(requested: str, device: torch.device) -> PrecisionChoice:
     if requested != "auto":
         return PrecisionChoice(requested, requested, "as the config asks")
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return PrecisionChoice("bf16", "auto", f"{_gpu_name(device)} supports bf16")
-        return PrecisionChoice("fp16", "auto", f"{_gpu_name(device)} has no bf16; fp16 with a gradient scaler")
+        if native_bf16_gpu(device):
+            return PrecisionChoice("bf16", "auto", f"{_gpu_name(device)} computes bf16 natively")
+        return PrecisionChoice("fp16", "auto", f"{_gpu_name(device)} has no native bf16; fp16 with a gradient scaler")
     if device.type == "cpu":
         native, why = native_bf16_cpu()
         return PrecisionChoice("bf16" if native else "fp32", "auto", why)
     return PrecisionChoice("fp32", "auto", f"autocast is not chosen automatically on {device.type}; "
                                            "set train.precision to fp16 or bf16 to try it")
+
+
+def native_bf16_gpu(device: torch.device) -> bool:
+    """Whether the CUDA device computes bf16 natively: compute capability 8.0 (Ampere) or later, or ROCm.
+
+    Not ``torch.cuda.is_bf16_supported()`` as called by default: it also says
+    yes where bf16 is only emulated (``including_emulation=True``), and it
+    asks the current device rather than ``device``.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_properties(device).major >= 8
 
 
 def _gpu_name(device: torch.device) -> str:

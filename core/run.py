@@ -11,13 +11,16 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .config import LoadedConfig, load_config, parse_config
 from .errors import UserError
 from .registry import Registry
+
+if TYPE_CHECKING:  # the device module imports torch, which this module leaves to the functions that need it
+    from .device import PrecisionChoice
 
 
 @dataclass
@@ -149,7 +152,7 @@ def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path |
         return _train(loaded, registry, output, resume, say or (lambda line: None))
 
 
-def choose_precision(requested: str, device: Any, checkpoint: Any = None) -> Any:
+def choose_precision(requested: str, device: Any, checkpoint: Any = None) -> PrecisionChoice:
     """The run's precision: what ``requested`` resolves to here, or, resuming with ``auto``, what the run trained in.
 
     A resumed ``auto`` run keeps its checkpoint's precision (so that it goes on as

@@ -95,12 +95,17 @@ def test_a_onednn_cap_the_user_set_keeps_auto_in_fp32(monkeypatch):
     assert choice.precision == "fp32" and "ONEDNN_MAX_CPU_ISA=AVX512_CORE" in choice.reason
 
 
-def test_auto_on_cuda_is_bf16_where_supported_else_fp16_and_on_mps_fp32(monkeypatch):
+def test_auto_on_cuda_is_bf16_from_ampere_on_else_fp16_and_on_mps_fp32(monkeypatch):
+    class Properties:
+        major = 8
+
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Properties())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # says yes if emulated too
+    monkeypatch.setattr(torch.version, "hip", None)
     assert devices.resolve_precision("auto", torch.device("cuda")).precision == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    older = devices.resolve_precision("auto", torch.device("cuda"))
+    Properties.major = 7  # Volta, Turing: bf16 only emulated
+    older = devices.resolve_precision("auto", torch.device("cuda:1"))
     assert older.precision == "fp16" and "Test GPU" in older.reason
     assert devices.resolve_precision("auto", torch.device("mps")).precision == "fp32"
     assert devices.resolve_precision("bf16", torch.device("cuda")).precision == "bf16"  # asked for: kept

@@ -242,11 +242,11 @@ def slow_evaluation_run(tmp_path, seconds: float, timeout: float):
 
 
 def test_processes_wait_for_process_0s_evaluation_within_the_process_timeout_and_no_longer(tmp_path):
-    within = slow_evaluation_run(tmp_path, seconds=2.0, timeout=60)
+    within = slow_evaluation_run(tmp_path, seconds=1.5, timeout=60)
     assert within.returncode == 0, within.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "slow-2.0" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "slow-1.5" / "metrics.jsonl").read_text().splitlines()]
     assert [record["slow/value"] for record in records if "slow/value" in record] == [1.0, 1.0]
-    beyond = slow_evaluation_run(tmp_path, seconds=8.0, timeout=2)
+    beyond = slow_evaluation_run(tmp_path, seconds=6.0, timeout=1)
     assert beyond.returncode != 0
     assert "timed out" in beyond.stderr.lower() or "timeout" in beyond.stderr.lower()
 
