@@ -51,13 +51,18 @@ class Group(click.Group):
     """Turns known failures into one message and an exit status; tracebacks only with ``--debug``."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from aigc_kit.core.interrupt import Terminated, termination_raises
+
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), termination_raises():
                 if not ctx.params.get("debug"):
                     warnings.showwarning = _show_warning
                 return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except Terminated:
+            click.echo("terminated", err=True)
+            ctx.exit(128 + Terminated.signal_number)
         except Exception as exc:  # noqa: BLE001 - every exception ends here: the user sees one message
             debug = bool(ctx.params.get("debug"))
             status, message = _describe_failure(exc)
@@ -80,10 +85,14 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def _interrupted(exc: BaseException, run_dir: Path) -> None:
     """Training stopped on SIGINT or SIGTERM after writing a checkpoint: say how to resume, exit 128 + signal."""
+    import os
+
     from aigc_kit.core.interrupt import exit_status
 
-    click.echo(f"stopped by signal {exc.signal_number} after step {exc.step}; checkpoint: {exc.checkpoint}", err=True)
-    click.echo(f"resume with: aigc-kit resume {run_dir}", err=True)
+    if os.environ.get("RANK", "0") == "0":  # in a torchrun job, process 0 says it for all
+        click.echo(f"stopped by signal {exc.signal_number} after step {exc.step}; checkpoint: {exc.checkpoint}",
+                   err=True)
+        click.echo(f"resume with: aigc-kit resume {run_dir}", err=True)
     raise click.exceptions.Exit(exit_status(exc.signal_number))
 
 
@@ -191,17 +200,38 @@ def _repeat(option: str, values: tuple[str, ...]) -> list[str]:
 
 
 def _launch(state: State, nproc: int, command: list[str]) -> None:
-    """Run ``aigc-kit COMMAND`` in ``nproc`` processes with torchrun, and exit with its status."""
+    """Run ``aigc-kit COMMAND`` in ``nproc`` processes with torchrun, and exit with its status.
+
+    torchrun runs in a session of its own, so that a Ctrl-C in the terminal
+    reaches the processes once, through this launcher: SIGINT and SIGTERM sent
+    here are passed on to torchrun, which passes them to every process; each
+    finishes its step and checkpoints, and this launcher waits for them all
+    before it exits (with 128 + the signal), leaving no process behind.
+    """
     import os
+    import signal
     import subprocess
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.UsageError("--nproc cannot be used inside a torchrun job (it already has processes)")
     options = [*(["--debug"] if state.debug else []), *_repeat("--plugin", state.plugins),
                *(["--strict-plugins"] if state.strict else [])]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    launcher = [sys.executable, "-m", "aigc_kit.cli.torchrun", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "aigc_kit.cli", *options, *command]
-    raise click.exceptions.Exit(subprocess.call(launcher))
+    job = subprocess.Popen(launcher, start_new_session=True)
+    received: list[int] = []
+
+    def forward(number: int, frame: object) -> None:
+        received.append(number)
+        job.send_signal(number)
+
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = job.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    raise click.exceptions.Exit(128 + received[0] if received else status)
 
 
 def _echo_outcome(outcome: Any) -> None:
@@ -306,7 +336,7 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
               help="A metric's option (repeatable; values are YAML), e.g. --option fid.real_samples=5000.")
 @click.option("-n", "count", type=click.IntRange(min=2), default=10000, show_default=True,
               help="Generated samples to evaluate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the noise.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the noise.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The JSON report (default: RUN_DIR/eval.json, or MODEL.eval.json beside an ONNX file).")
 @click.pass_obj
@@ -463,7 +493,7 @@ def _echo_export(report: dict[str, Any]) -> None:
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="Images to generate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the noise (NumPy).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the noise (NumPy).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write one grid picture (PNG).")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), help="Write one PNG per image.")
 @click.option("--steps", type=click.IntRange(min=1), help="Diffusion samplers: another step count.")
@@ -481,27 +511,22 @@ def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path
              trt_fp16: bool) -> None:
     """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
     from aigc_kit.core.errors import UserError
-    from aigc_kit.exporters.runtime import OnnxGenerator, grid, image
+    from aigc_kit.exporters.images import check_places, write_images
+    from aigc_kit.exporters.runtime import OnnxGenerator
 
-    if out is None and out_dir is None:
-        raise click.UsageError("say where the images go: --out GRID.png and/or --out-dir DIR")
+    check_places(count, out, out_dir)  # before the model loads: a bad place costs nothing
     try:
         generator = OnnxGenerator(model, providers=providers, threads=threads, device_id=device_id,
                                   tensorrt_cache=trt_cache, tensorrt_fp16=trt_fp16, batch_size=batch_size)
     except UserError as error:
         error.field = "--providers" if error.field == "providers" else error.field
         raise
-    images = generator.generate(count, seed=seed, batch_size=batch_size, steps=steps)
-    click.echo(f"generated {len(images)} images of {images.shape[1]}x{images.shape[2]} on {generator.provider}")
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        grid(images).save(out)
-        click.echo(f"  grid: {out}")
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for index, pixels in enumerate(images):
-            image(pixels).save(out_dir / f"{index:05d}.png")
-        click.echo(f"  images: {out_dir}/00000.png .. {len(images) - 1:05d}.png")
+    written = write_images(generator, count, seed, out=out, out_dir=out_dir, batch_size=batch_size, steps=steps)
+    click.echo(f"generated {written.count} images of {written.height}x{written.width} on {generator.provider}")
+    if written.grid is not None:
+        click.echo(f"  grid: {written.grid}")
+    if written.folder is not None:
+        click.echo(f"  images: {written.folder}/00000.png .. {written.count - 1:05d}.png")
 
 
 @cli.command()
@@ -512,7 +537,8 @@ def inspect(model: Path, as_json: bool) -> None:
     import onnx
 
     from aigc_kit.core.errors import UserError
-    from aigc_kit.exporters.runtime import read_metadata
+    from aigc_kit.exporters.metadata import describe
+    from aigc_kit.exporters.metadata import parse as read_metadata
 
     if not model.is_file():
         raise UserError("no such model file", file=str(model))
@@ -526,26 +552,10 @@ def inspect(model: Path, as_json: bool) -> None:
     info["opset_imports"] = opsets
     info["bytes"] = model.stat().st_size
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info, indent=2))  # JSON escapes control characters itself
         return
-    click.echo(f"{model}: {info.get('family')} model {info.get('model')!r}, {info.get('graph')} graph, "
-               f"{info.get('precision')}, opset {info.get('opset')}, {info['bytes']:,} bytes")
-    click.echo(f"  producer: {info['producer']}; config sha256 {info.get('config_sha256', '?')[:16]}")
-    for direction in ("inputs", "outputs"):
-        for spec in info.get(direction, []):
-            shape = "x".join(str(d) for d in spec["shape"])
-            extra = f", range {spec['value_range']}, {spec['layout']}" if "value_range" in spec else ""
-            click.echo(f"  {direction[:-1]} {spec['name']}: {spec['dtype']} {shape} - {spec['semantics']}{extra}")
-    if info.get("sampling"):
-        click.echo("  sampling: " + ", ".join(f"{k} {v}" for k, v in info["sampling"].items()))
-    for section, component in info.get("components", {}).items():
-        where = component.get("distribution") or component.get("plugin")
-        version = f" {component['version']}" if component.get("version") else ""
-        click.echo(f"  {section}: {component['name']} (from {where}{version})")
-    validation = info.get("validation", {})
-    if validation:
-        click.echo(f"  validated with onnxruntime {validation.get('onnxruntime')}: max abs error "
-                   f"{validation.get('max_abs_error', float('nan')):.2g} at batch sizes {validation.get('batch_sizes')}")
+    for line in describe(info, model):
+        click.echo(line)
 
 
 @cli.command()

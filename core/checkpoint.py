@@ -14,9 +14,9 @@ pointing at a complete checkpoint.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,13 +29,17 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import TrainingError, UserError
+from . import safe_yaml
+from .errors import UserError
+from .files import is_disk_full, write_text
 
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 LATEST = "latest"
 BEST = "best"
+CHECKPOINT_FILES = (WEIGHTS_FILE, STATE_FILE, CONFIG_FILE)
+_STEP_NAME = re.compile(r"step-\d{6,}")
 
 
 @dataclass
@@ -90,49 +94,69 @@ def save_checkpoint(
             shutil.rmtree(replaced)
         os.replace(staging, final)
         _fsync_dir(folder)
+        _write_atomically(folder / LATEST, final.name + "\n")
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(exc):
             previous = folder / LATEST
             kept = previous.read_text().strip() if previous.is_file() else "none yet"
-            raise TrainingError(
-                f"no space left on the device while writing the checkpoint of step {step} in {folder}; "
-                f"the previous checkpoint ({kept}) is intact. Free some space and resume the run"
+            raise UserError(
+                f"no space left on the device while writing the checkpoint of step {step}; the last complete "
+                f"checkpoint ({kept}) is intact",
+                file=str(staging.with_name(final.name)),
+                hint=f"free some space, then continue with: aigc-kit resume {folder.parent}",
             ) from None
         raise
-    _write_atomically(folder / LATEST, final.name + "\n")
     _prune(folder, keep, protect=final.name)
     return final
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder for a run directory, a ``checkpoints/`` folder or a checkpoint folder."""
+    """The checkpoint folder for a run directory, a ``checkpoints/`` folder or a checkpoint folder.
+
+    ``latest`` and ``best`` must name a ``step-NNNNNN`` folder beside them, itself
+    a real folder there: a pointer that leads anywhere else (an absolute path,
+    ``..``, a symbolic link) is refused, so that a run directory cannot make
+    aigc-kit read a model from outside it.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError("no such run directory or checkpoint", file=str(path))
     if (path / WEIGHTS_FILE).is_file():
         return path
     if path.is_file() and path.name in (LATEST, BEST):  # checkpoints/best or checkpoints/latest itself
-        target = path.parent / path.read_text().strip()
-        if (target / WEIGHTS_FILE).is_file():
-            return target
-        raise UserError(f"{path} names {target.name}, which is not a complete checkpoint", file=str(path))
+        return _pointed_checkpoint(path)
     for folder in (path / "checkpoints", path):
         latest = folder / LATEST
         if latest.is_file():
-            target = folder / latest.read_text().strip()
-            if (target / WEIGHTS_FILE).is_file():
-                return target
-            raise UserError(
-                f"{latest} names {target.name}, which is not a complete checkpoint",
-                file=str(path),
-                hint="pass one of the step-NNNNNN folders explicitly",
-            )
+            return _pointed_checkpoint(latest)
     raise UserError(
         "expected a run directory (with checkpoints/) or a checkpoint folder (with weights.safetensors)",
         file=str(path),
         hint="run `aigc-kit run CONFIG` first, or pass runs/NAME",
     )
+
+
+def _pointed_checkpoint(pointer: Path) -> Path:
+    """The checkpoint ``checkpoints/latest`` (or ``best``) names, checked to be one of its own folder's."""
+    try:
+        name = pointer.read_bytes()[:256].decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise UserError(f"{pointer.name} is not a checkpoint pointer (expected one line of UTF-8 text)",
+                        file=str(pointer), hint="pass one of the step-NNNNNN folders explicitly") from None
+    if not _STEP_NAME.fullmatch(name):
+        raise UserError(f"{pointer.name} must name a step-NNNNNN folder beside it", file=str(pointer),
+                        given=name, hint="pass one of the step-NNNNNN folders explicitly")
+    folder = pointer.parent
+    target = folder / name
+    inside = target.resolve().parent == folder.resolve()
+    if target.is_symlink() or not inside or any((target / file).is_symlink() for file in CHECKPOINT_FILES):
+        raise UserError(f"{pointer.name} names {name}, which leads outside {folder} (a symbolic link)",
+                        file=str(pointer), hint="pass the checkpoint folder itself if you trust where it leads")
+    if not (target / WEIGHTS_FILE).is_file():
+        raise UserError(f"{pointer} names {name}, which is not a complete checkpoint", file=str(pointer),
+                        hint="pass one of the step-NNNNNN folders explicitly")
+    return target
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -152,7 +176,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             file=str(folder / STATE_FILE),
         ) from None
     config_path = folder / CONFIG_FILE
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    config = safe_yaml.read(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict | None):
+        raise UserError(f"expected the run's config (a mapping), found {type(config).__name__}", file=str(config_path))
     networks: dict[str, dict[str, torch.Tensor]] = {}
     ema: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in flat.items():
@@ -161,8 +187,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         target = networks if prefix == "networks" else ema if prefix == "ema" else None
         if target is None or not parameter:
             raise UserError(f"unexpected tensor {key!r} in the weights", file=str(folder / WEIGHTS_FILE))
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"the weights hold NaN or infinite values ({key})", file=str(folder / WEIGHTS_FILE),
+                            hint="the file is damaged, or training diverged before it was written: use an earlier "
+                                 "checkpoint (checkpoints/step-NNNNNN)")
         target.setdefault(name, {})[parameter] = value
+    if not isinstance(state, dict):
+        raise UserError(f"expected the training state (a mapping), found {type(state).__name__}",
+                        file=str(folder / STATE_FILE))
     return Checkpoint(path=folder, networks=networks, ema=ema, state=state, config=config or {})
+
+
+RESUME_STATE = {"step": int, "optimizers": dict, "schedules": dict, "rng": dict, "data": dict}
+"""What a checkpoint's training state must hold to be resumed from, and the type of each."""
+
+
+def check_resumable_state(checkpoint: Checkpoint) -> None:
+    """Refuse to resume from a checkpoint whose training state is missing or incomplete, naming what lacks."""
+    path = checkpoint.path / STATE_FILE
+    if not checkpoint.state:
+        raise UserError("there is no training state to resume from (state.pt is missing or empty)", file=str(path),
+                        hint="export it still works (aigc-kit export); to train on, resume an earlier checkpoint "
+                             "or start a new run")
+    for key, kind in RESUME_STATE.items():
+        if not isinstance(checkpoint.state.get(key), kind):
+            raise UserError(f"the training state lacks {key!r} (expected a {kind.__name__})", file=str(path),
+                            given=type(checkpoint.state.get(key)).__name__,
+                            hint="resume an earlier checkpoint, or start a new run")
 
 
 def rng_state() -> dict[str, Any]:
@@ -207,11 +258,7 @@ def _as_tuple(value: Any) -> Any:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    write_text(path, text, durable=True)
     _fsync_dir(path.parent)
 
 

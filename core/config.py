@@ -1,4 +1,4 @@
-"""The run configuration: a YAML file, read with ``yaml.safe_load`` and validated by pydantic.
+"""The run configuration: a YAML file, read with a bounded ``yaml.SafeLoader`` and validated by pydantic.
 
 A run config has the sections ``plugins``, ``seed``, ``device``, ``data``,
 ``model``, ``loss``, ``sampler``, ``train``, ``output`` and ``export``.
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import safe_yaml
 from .errors import UserError, from_validation_error
 from .plugin_api import Options
 from .registry import Registry
@@ -32,7 +32,7 @@ COMPONENT_SECTIONS = {"data": "dataset", "model": "model", "loss": "loss", "samp
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an infinite learning rate validates nothing
 
 
 class ComponentSection(BaseModel):
@@ -77,7 +77,7 @@ class EmaConfig(_Strict):
 class EvalConfig(_Strict):
     """Metrics computed on generated samples during training, logged to metrics.jsonl."""
 
-    samples: int = Field(2500, gt=0, description="Samples generated (from fixed noise) for each evaluation.")
+    samples: int = Field(2500, gt=0, le=10**6, description="Samples generated (from fixed noise) for each evaluation.")
     metrics: list[ComponentSection] = Field(
         default_factory=list, description="Metrics by name, each with its options, e.g. [{name: mode-coverage}]."
     )
@@ -91,8 +91,8 @@ class EvalConfig(_Strict):
 class TrainConfig(_Strict):
     """How long and how to train, and how often to log, sample and checkpoint."""
 
-    steps: int = Field(1000, gt=0, description="Training steps (one step runs every phase of the loss).")
-    batch_size: int = Field(64, gt=0, description="Samples per batch (per phase repeat).")
+    steps: int = Field(1000, gt=0, le=10**9, description="Training steps (one step runs every phase of the loss).")
+    batch_size: int = Field(64, gt=0, le=65536, description="Samples per batch (per phase repeat), at most 65,536.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast precision. auto picks, once at the start: bf16 on CUDA devices that compute "
         "it natively (Ampere and later), else fp16; bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), else fp32; fp32 on MPS. The choice and "
@@ -105,19 +105,19 @@ class TrainConfig(_Strict):
     ema: EmaConfig = Field(default_factory=EmaConfig, description="EMA of the sampling network.")
     grad_clip: float | None = Field(None, gt=0, description="Clip each phase's gradient norm to this value.")
     accumulate: int = Field(
-        1, ge=1, description="Gradient accumulation: each update averages this many batches' gradients "
+        1, ge=1, le=4096, description="Gradient accumulation: each update averages this many batches' gradients "
         "(an effective batch of batch_size x accumulate x processes)."
     )
     lr_decay: Literal["none", "linear", "cosine"] = Field(
         "none", description="Decay every phase's learning rate to 0 over the run (linear: as WGAN-GP's CIFAR runs)."
     )
-    log_every: int = Field(10, gt=0, description="Write metrics.jsonl every this many steps.")
-    sample_every: int = Field(500, gt=0, description="Write a sample picture every this many steps.")
+    log_every: int = Field(10, gt=0, le=10**9, description="Write metrics.jsonl every this many steps.")
+    sample_every: int = Field(500, gt=0, le=10**9, description="Write a sample picture every this many steps.")
     sample_count: int = Field(64, gt=0, le=10000, description="Samples in each picture (from fixed noise).")
-    checkpoint_every: int = Field(1000, gt=0, description="Write a checkpoint every this many steps.")
-    eval_every: int | None = Field(None, gt=0, description="Compute the eval metrics every this many steps (and at the end).")
+    checkpoint_every: int = Field(1000, gt=0, le=10**9, description="Write a checkpoint every this many steps.")
+    eval_every: int | None = Field(None, gt=0, le=10**9, description="Compute the eval metrics every this many steps (and at the end).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What to evaluate.")
-    keep_checkpoints: int = Field(3, ge=1, description="How many step checkpoints to keep.")
+    keep_checkpoints: int = Field(3, ge=1, le=10**6, description="How many step checkpoints to keep.")
     channels_last: bool = Field(
         False, description="Keep image networks and batches in channels-last memory order (faster convolutions on "
         "recent GPUs with mixed precision)."
@@ -140,7 +140,7 @@ class TrainConfig(_Strict):
         description="A non-finite loss or gradient stops the run (the last checkpoint stays intact), or skips that "
         "update and counts it in metrics.jsonl as skipped_updates.",
     )
-    data_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    data_workers: int = Field(0, ge=0, le=256, description="DataLoader worker processes.")
     progress: bool = Field(True, description="Show a progress bar.")
     tensorboard: bool = Field(
         False, description="Also log the metrics and sample pictures for TensorBoard, in RUN_DIR/tensorboard "
@@ -161,7 +161,17 @@ class ExportSection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     format: str = Field("onnx", description="The exporter's name.")
-    file: str = Field("model.onnx", description="The file name, inside the run directory.")
+    file: str = Field("model.onnx", description="The file name, inside the run directory (to write elsewhere, "
+                                                "use aigc-kit export RUN_DIR --out FILE).")
+
+    @field_validator("file")
+    @classmethod
+    def _inside_the_run(cls, value: str) -> str:
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts or not path.name or value.endswith(("/", "\\")):
+            raise ValueError("expected a file name inside the run directory (no absolute path, no ..); "
+                             "to write elsewhere, use aigc-kit export RUN_DIR --out FILE")
+        return value
 
     def plugin_options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -173,7 +183,8 @@ class RunConfig(_Strict):
     plugins: list[str] = Field(
         default_factory=list, description="Local plugins: .py files (relative to this file) or module names."
     )
-    seed: int = Field(0, ge=0, description="Seeds Python, NumPy and torch; the data and noise follow from it.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds Python, NumPy and torch; the data and noise follow "
+                                                         "from it (0 to 2**32 - 1).")
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     data: ComponentSection = Field(description="The dataset.")
     model: ComponentSection = Field(description="The model (its networks).")
@@ -223,23 +234,8 @@ def fingerprint(resolved: dict[str, Any]) -> str:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file safely; a missing file or bad YAML is a :class:`UserError`."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError("file not found", file=str(path), hint="check the path, relative to the working directory")
-    if path.is_dir():
-        raise UserError("expected a YAML file, found a folder", file=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the file: {exc}", file=str(path)) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"invalid YAML{where}: {problem}", file=str(path)) from None
+    """Read a YAML file safely and within bounds (:mod:`.safe_yaml`); a missing file or bad YAML is a UserError."""
+    return safe_yaml.read(path)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -254,8 +250,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 hint="for example --set train.steps=100",
             )
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = safe_yaml.load(text, "--set")
+        except UserError:
             value = text
         parts = key.strip().split(".")
         node = data
@@ -280,8 +276,14 @@ def parse_config(
     *,
     source: str | Path | None = None,
     overrides: list[str] | None = None,
+    trusted: bool = True,
 ) -> LoadedConfig:
-    """Validate config data, load the local plugins it names, and validate every component's options."""
+    """Validate config data, load the local plugins it names, and validate every component's options.
+
+    ``trusted=False`` is for a config that came with data (a run directory's or a
+    checkpoint's): it never loads a plugin. Each plugin it names must be loaded
+    already (installed, or named by the user with ``--plugin``), or it is refused.
+    """
     file = str(source) if source is not None else None
     if data is None:
         data = {}
@@ -301,6 +303,15 @@ def parse_config(
     plugin_references = [str((base_dir / ref).resolve()) if ref.endswith(".py") or "/" in ref else ref
                          for ref in config.plugins]
     for index, reference in enumerate(config.plugins):
+        if not trusted:
+            if not registry.already_loaded(reference):
+                raise UserError(
+                    f"this config names the plugin {reference!r}, and a config that came with a run or a checkpoint "
+                    "never runs code",
+                    file=file, field=f"plugins[{index}]",
+                    hint=f"if you trust it, load it yourself: aigc-kit --plugin {reference} COMMAND ...",
+                )
+            continue
         try:
             registry.load_local(reference, base_dir=base_dir)
         except UserError as error:
@@ -347,6 +358,7 @@ def _component_options(registry: Registry, kind: str, name: str, values: dict[st
         raise error.with_file(file) if file else error
 
 
-def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:
+def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None, *,
+                trusted: bool = True) -> LoadedConfig:
     """Read and validate a run config file (see :func:`parse_config`)."""
-    return parse_config(read_yaml(path), registry, source=path, overrides=overrides)
+    return parse_config(read_yaml(path), registry, source=path, overrides=overrides, trusted=trusted)

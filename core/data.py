@@ -98,6 +98,10 @@ class BatchStream:
     def position(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (a later ``next`` starts new ones where the stream is)."""
+        self._iterator = None
+
     def __iter__(self) -> BatchStream:
         return self
 

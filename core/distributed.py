@@ -195,10 +195,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     torch's own ``SyncBatchNorm`` (used on CUDA, see :func:`convert_batchnorm`)
     needs NCCL; this one works over gloo too. The per-channel statistics are
-    all-reduced with autograd, so gradients flow through them as in one big
-    batch. The variance is computed in two passes (the mean first, then the
-    squared deviations from it), which stays exact for activations far from
-    zero, where E[x^2] - E[x]^2 loses every digit in fp32.
+    all-reduced with autograd (torch's functional collectives), so gradients
+    flow through them as in one big batch. The variance is computed in two
+    passes (the mean first, then the squared deviations from it), which stays
+    exact for activations far from zero, where E[x^2] - E[x]^2 loses every
+    digit in fp32.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -208,9 +209,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed import _functional_collectives as collectives
 
-        mean, variance, total = batch_statistics(x, all_reduce)
+        mean, variance, total = batch_statistics(x, lambda t: collectives.all_reduce(t, "sum", dist.group.WORLD))
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -22,9 +22,9 @@ def build_metrics(registry: Registry, requested: list[tuple[str, dict[str, Any]]
         raise UserError("no metric to compute", field="--metric", expected=", ".join(registry.names("metric")))
     metrics = {}
     for name, options in requested:
-        spec = registry.spec("metric", name)
-        metrics[name] = spec.factory(registry.options("metric", name, options, field_prefix=f"--option {name}"),
-                                     data=data)
+        metrics[name] = registry.build("metric", name,
+                                       registry.options("metric", name, options, field_prefix=f"--option {name}"),
+                                       field=f"--metric {name}", data=data)
     return metrics
 
 

@@ -1,7 +1,10 @@
-"""SIGINT and SIGTERM during training: finish the step, checkpoint, then stop.
+"""SIGINT and SIGTERM: during training, finish the step, checkpoint, then stop; elsewhere, unwind.
 
-The first signal only sets a flag that the loop reads after each step; a second
-SIGINT (the user pressing Ctrl-C again) stops at once with ``KeyboardInterrupt``.
+During training the first signal only sets a flag that the loop reads after each
+step; a second SIGINT (the user pressing Ctrl-C again) stops at once with
+``KeyboardInterrupt``. Outside training, SIGTERM is raised as :class:`Terminated`,
+as Python raises SIGINT as ``KeyboardInterrupt``, so that every ``finally`` runs
+(temporary files are removed) instead of the process vanishing mid-write.
 Exit statuses follow the shell's convention: 128 + the signal number.
 """
 
@@ -40,6 +43,29 @@ def stop_signals() -> Iterator[StopRequest]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, like KeyboardInterrupt: ``except Exception`` does not swallow it)."""
+
+    signal_number = signal.SIGTERM
+
+
+@contextlib.contextmanager
+def termination_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(number: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_status(signal_number: int) -> int:

@@ -319,6 +319,7 @@ class Trainer:
                         raise Interrupted(stopping, step, result.checkpoint)
         finally:
             progress.close()
+            batches.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
                 self.tensorboard = None

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .files import replacing
+
 
 def save_grid(images: torch.Tensor, path: Path, value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
     """Write a batch of images ``(n, channels, height, width)`` as one PNG grid, as square as possible."""
@@ -50,7 +52,5 @@ def save_scatter(points: torch.Tensor, path: Path, value_range: tuple[float, flo
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="PNG")
-    temporary.replace(path)
+    with replacing(path) as temporary:
+        image.save(temporary, format="PNG")

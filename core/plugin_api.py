@@ -55,7 +55,7 @@ class Options(BaseModel):
     by ``aigc-kit plugins --json`` and in the docs.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoOptions(Options):

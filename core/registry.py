@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .errors import UserError, did_you_mean, from_validation_error
-from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec
+from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec, DatasetBundle, ModelBundle
 
 DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
 STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
@@ -116,7 +116,8 @@ class Registry:
         self._specs: dict[str, list[ComponentSpec]] = {kind: [] for kind in KINDS}
         if disabled is None:
             disabled = os.environ.get(DISABLE_ENV, "").split(",")
-        self.disabled = {name.strip() for name in disabled if name.strip()}
+        # compared as pip compares distribution names (PEP 503): aigc_kit_x, AIGC-KIT-X and aigc-kit.x are one
+        self.disabled = {_normalise(name.strip()) for name in disabled if name.strip()}
         if strict is None:
             strict = _truthy(os.environ.get(STRICT_ENV, ""))
         self.strict = strict
@@ -130,7 +131,14 @@ class Registry:
         """Import and register each entry point of the ``aigc_kit`` group, one at a time."""
         if entry_points is None:
             entry_points = metadata.entry_points(group=PROJECT_NAME)
-        for entry_point in sorted(entry_points, key=_builtin_first):
+        entry_points = sorted(entry_points, key=_builtin_first)
+        known = {_normalise(name) for entry_point in entry_points
+                 for name in (entry_point.name, entry_point.dist.name if entry_point.dist else "")}
+        unmatched = sorted(self.disabled - known)
+        if unmatched:
+            warnings.warn(f"{DISABLE_ENV} names {', '.join(unmatched)}, which match no installed plugin "
+                          "(plugin or distribution names, as `aigc-kit plugins` lists them)", stacklevel=2)
+        for entry_point in entry_points:
             distribution = entry_point.dist.name if entry_point.dist else None
             version = entry_point.dist.version if entry_point.dist else None
             builtin = distribution is not None and _normalise(distribution) == OWN_DISTRIBUTION
@@ -152,7 +160,7 @@ class Registry:
                 )
                 self._fail(record, f"{record.name} ({distribution})")
                 continue
-            if entry_point.name in self.disabled or (distribution and distribution in self.disabled):
+            if _normalise(entry_point.name) in self.disabled or (distribution and _normalise(distribution) in self.disabled):
                 record.status = "disabled"
                 self.records[record.name] = record
                 continue
@@ -231,6 +239,18 @@ class Registry:
                 hint="run with --debug to see the traceback",
             ) from exc
         return self.add_plugin(module, reference, source="module", location=reference)
+
+    def already_loaded(self, reference: str) -> bool:
+        """Whether the plugin a config's ``plugins:`` entry names is loaded already.
+
+        A file counts as loaded when a local plugin of its name is (the user may
+        have loaded their own copy of a file a downloaded run names); a module,
+        when a plugin was loaded from it, by entry point or by name.
+        """
+        loaded = [record for record in self.records.values() if record.status == "loaded"]
+        if reference.endswith(".py") or os.sep in reference or "/" in reference:
+            return any(record.source == "local file" and record.name == Path(reference).stem for record in loaded)
+        return any(reference in (record.location, record.name) for record in loaded)
 
     def _register(self, plugin: Any, record: PluginRecord, raise_errors: bool = False) -> bool:
         """Register ``plugin`` and collect its components, all or nothing."""
@@ -393,6 +413,31 @@ class Registry:
             return spec.factory(validated, data_shape=data_shape)
         return spec.factory(validated)
 
+    def build(self, kind: str, name: str, options: Any, *, field: str | None = None, **context: Any) -> Any:
+        """Call the factory of component ``name`` with validated ``options`` (and ``context``: ``data_shape``,
+        ``data``), and check that it returned the kind of object a ``kind`` must be.
+
+        A factory that raises, or returns something else, is reported as one
+        :class:`UserError` naming the plugin and the component (``--debug``
+        shows the factory's traceback).
+        """
+        spec = self.spec(kind, name)
+        record = self.records.get(spec.plugin)
+        who = f"{kind} {name!r} of plugin {spec.plugin!r}" + (f" ({_provider(record)})" if record else "")
+        try:
+            built = spec.factory(options, **context)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{who} could not be built: {type(exc).__name__}: {exc}", field=field,
+                            hint="check its options (aigc-kit plugins --json lists them); --debug shows where it "
+                                 "failed") from exc
+        expected = _BUILT[kind]
+        if not expected[0](built):
+            raise UserError(f"{who} returned {type(built).__name__}, not {expected[1]}", field=field,
+                            hint="a bug in the plugin: tell its authors (aigc-kit plugins shows who they are)")
+        return built
+
     def describe(self, kind: str, name: str) -> dict[str, Any]:
         """The component's name, plugin, description and options (type, default, description)."""
         spec = self.spec(kind, name)
@@ -498,6 +543,21 @@ def describe_options(options_model: Any) -> list[dict[str, Any]]:
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise UserError(f"unknown component kind {kind!r}", hint=did_you_mean(kind, KINDS))
+
+
+def _has(*attributes: str) -> Callable[[Any], bool]:
+    return lambda built: all(hasattr(built, attribute) for attribute in attributes)
+
+
+_BUILT: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda built: isinstance(built, ModelBundle), "a ModelBundle"),
+    "dataset": (lambda built: isinstance(built, DatasetBundle), "a DatasetBundle"),
+    "loss": (_has("phases", "compute"), "a loss (phases and compute)"),
+    "sampler": (_has("noise", "sample"), "a sampler (noise and sample)"),
+    "metric": (_has("update", "compute"), "a metric (update and compute)"),
+    "exporter": (_has("export"), "an exporter (export)"),
+}
+"""What a factory of each kind must return: a check, and its name for the message."""
 
 
 def _normalise(distribution: str) -> str:

@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .errors import UserError
+from .files import write_text
 
 MAX_GRIDS = 12
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
@@ -33,7 +35,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise UserError("not a run directory (no config.yaml)", file=str(run_dir), hint="pass runs/NAME")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    try:
+        config = safe_yaml.read(config_path) or {}
+    except UserError as error:  # a report of what can be read is still worth having
+        config = {"unreadable": str(error)}
+    if not isinstance(config, dict):
+        config = {"unreadable": f"{config_path}: expected a mapping, found {type(config).__name__}"}
     records = _records(run_dir / "metrics.jsonl")
     page = Path(out) if out is not None else run_dir / "report" / "report.html"
     folder = page.parent
@@ -56,21 +63,30 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         figures.append(("Metrics", metrics))
 
     environment_path = run_dir / "environment.json"
-    environment = json.loads(environment_path.read_text()) if environment_path.is_file() else None
+    environment = None
+    if environment_path.is_file():
+        try:
+            environment = json.loads(environment_path.read_text(encoding="utf-8", errors="replace"))
+        except json.JSONDecodeError as exc:
+            environment = {"unreadable": f"{environment_path}: {exc}"}
     grids = sorted((run_dir / "samples").glob("step-*.png"))
-    page.write_text(_html(run_dir, config, environment, figures, _spread(grids, MAX_GRIDS), evaluations))
+    write_text(page, _html(run_dir, config, environment, figures, _spread(grids, MAX_GRIDS), evaluations))
     return page
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records: JSON objects with an integer step (a line cut short by a crash, or anything
+    else, is left out: the rest is still worth showing)."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash: the rest is still worth showing
+            record = json.loads(line)
+        except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
     return records
 
 
@@ -100,8 +116,9 @@ def _plot_groups(records: list[dict[str, Any]], groups: dict[str, list[str]], pa
                       if isinstance(record.get(key), int | float) and math.isfinite(record[key])]
             if points:
                 steps, values = zip(*points)
-                axis.plot(steps, values, label=key.removeprefix(f"{group}/"), marker="." if len(points) < 30 else None)
-        axis.set_title(group)
+                axis.plot(steps, values, label=_plain(key.removeprefix(f"{group}/")),
+                          marker="." if len(points) < 30 else None)
+        axis.set_title(_plain(group))
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
         if len(keys) > 1:
@@ -112,6 +129,11 @@ def _plot_groups(records: list[dict[str, Any]], groups: dict[str, list[str]], pa
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _plain(text: str) -> str:
+    """``text`` as matplotlib should print it: literally (a ``$`` would start mathematical notation)."""
+    return text.replace("$", r"\$")
 
 
 def _spread(items: list[Path], count: int) -> list[Path]:
@@ -148,7 +170,7 @@ def _html(run_dir: Path, config: dict[str, Any], environment: dict[str, Any] | N
         for record in evaluations:
             cells = "".join(f"<td>{record[key]:.4g}</td>" if isinstance(record.get(key), int | float) else "<td></td>"
                             for key in keys)
-            parts.append(f"<tr><td>{record['step']}</td>{cells}</tr>")
+            parts.append(f"<tr><td>{record['step']}</td>{cells}</tr>")  # an int: _records keeps no other
         parts.append("</table>")
     parts.append("<h2>Samples over training</h2>")
     if grids:

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from . import rundir
 from .config import LoadedConfig, load_config, parse_config
 from .errors import UserError
+from .files import disk_full_is_a_user_error, write_text
 from .registry import Registry
 
 if TYPE_CHECKING:  # the device module imports torch, which this module leaves to the functions that need it
@@ -52,17 +54,17 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     from .loop import Components
 
     config = loaded.config
-    data = registry.spec("dataset", config.data.name).factory(loaded.options["data"])
+    data = registry.build("dataset", config.data.name, loaded.options["data"], field="data")
     with torch.device("meta") if model_on_meta else contextlib.nullcontext():
-        model = registry.spec("model", config.model.name).factory(loaded.options["model"],
-                                                                  data_shape=data.info.shape)
+        model = registry.build("model", config.model.name, loaded.options["model"], field="model",
+                               data_shape=data.info.shape)
     for section in ("loss", "sampler"):
         loaded.options[section] = _with_shared_options(loaded, registry, section, model.shared_options)
-    loss = registry.spec("loss", config.loss.name).factory(loaded.options["loss"])
-    sampler = registry.spec("sampler", config.sampler.name).factory(loaded.options["sampler"])
+    loss = registry.build("loss", config.loss.name, loaded.options["loss"], field="loss")
+    sampler = registry.build("sampler", config.sampler.name, loaded.options["sampler"], field="sampler")
     metrics = {
-        section.name: registry.spec("metric", section.name).factory(options, data=data)
-        for section, options in zip(config.train.eval.metrics, loaded.metric_options)
+        section.name: registry.build("metric", section.name, options, field=f"train.eval.metrics[{index}]", data=data)
+        for index, (section, options) in enumerate(zip(config.train.eval.metrics, loaded.metric_options))
     }
     return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics)
 
@@ -125,13 +127,15 @@ RESUMABLE_CHANGES = (
 
 
 def run(config_path: str | Path, registry: Registry, *, overrides: list[str] | None = None,
-        output: str | Path | None = None, resume: bool = False, say: Callable[[str], None] | None = None) -> RunOutcome:
+        output: str | Path | None = None, resume: bool = False, say: Callable[[str], None] | None = None,
+        trusted: bool = True) -> RunOutcome:
     """Train as the config file says, write the run directory and export if the config asks.
 
     With ``resume``, continue the run in the run directory from its latest checkpoint.
     ``say`` receives the run's opening lines (device, precision and why), from process 0.
+    ``trusted=False``: the config came with a run directory, and may not load plugins.
     """
-    loaded = load_config(config_path, registry, overrides)
+    loaded = load_config(config_path, registry, overrides, trusted=trusted)
     return run_loaded(loaded, registry, output=output, resume=resume, say=say)
 
 
@@ -142,7 +146,7 @@ def resume(run_dir: str | Path, registry: Registry, *, overrides: list[str] | No
     if not config_path.is_file():
         raise UserError("expected a run directory with a config.yaml", file=str(run_dir),
                         hint="pass the folder `aigc-kit run` wrote, e.g. runs/NAME")
-    return run(config_path, registry, overrides=overrides, output=run_dir, resume=True, say=say)
+    return run(config_path, registry, overrides=overrides, output=run_dir, resume=True, say=say, trusted=False)
 
 
 def run_loaded(loaded: LoadedConfig, registry: Registry, *, output: str | Path | None = None,
@@ -173,12 +177,19 @@ def choose_precision(requested: str, device: Any, checkpoint: Any = None) -> Pre
 
 def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool,
            say: Callable[[str], None]) -> RunOutcome:
+    with contextlib.ExitStack() as held:  # the run directory's lock, in process 0, until the export is written
+        return _train_holding(loaded, registry, output, resume, say, held)
+
+
+def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool,
+                   say: Callable[[str], None], held: contextlib.ExitStack) -> RunOutcome:
     from . import distributed
     from .device import check_precision, seed_everything, select_device
     from .loop import Trainer
 
     config = loaded.config
     run_dir = run_directory(loaded, output)
+    export_file = config.export.file if config.export else None
     device = select_device(config.device)
     processes = distributed.from_environment(device, config.train.process_timeout)
     device = processes.device(device)
@@ -186,9 +197,14 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
         import torch
 
         torch.backends.cudnn.benchmark = config.train.cudnn_benchmark
+
+    def open_run_directory() -> tuple[Any, str | None]:
+        rundir.check_writable(run_dir)
+        held.enter_context(rundir.hold(run_dir))
+        return _open_run_directory(run_dir, resume, config.output.overwrite)
+
     # Only process 0 reads the run directory: the other nodes of a job need no shared filesystem.
-    checkpoint = distributed.from_process_zero(lambda: _open_run_directory(run_dir, resume, config.output.overwrite),
-                                               processes)
+    checkpoint, opening = distributed.from_process_zero(open_run_directory, processes)
     precision = choose_precision(config.train.precision, device, checkpoint)
     check_precision(precision, device)
     config.train.precision = precision.precision  # the resolved config (and so every resume) keeps the choice
@@ -206,36 +222,43 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
     if processes.is_main:
         if checkpoint is not None:
             _forget_after(run_dir / "metrics.jsonl", checkpoint.step)
-        elif run_dir.exists():
-            _clear_previous_run(run_dir, config.export.file if config.export else None)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        else:
+            rundir.clear_run(run_dir, export_file)  # an empty folder, or overwrite, or a resume with nothing yet
+        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         described = environment(registry, device, processes)
         described["precision"] = precision.as_dict()
-        (run_dir / "environment.json").write_text(json.dumps(described, indent=2))
+        write_text(run_dir / "environment.json", json.dumps(described, indent=2))
         steps = f"steps {checkpoint.step + 1}-{config.train.steps}" if checkpoint is not None else \
             f"{config.train.steps} steps"
         processes_note = f", {processes.world_size} processes" if processes.enabled else ""
+        if opening:
+            say(opening)
         say(f"training {steps} on {device}{processes_note}; precision {precision.describe()}")
+    full_disk = f"the last complete checkpoint is intact: free some space, then aigc-kit resume {run_dir}"
     try:
-        result = trainer.fit(resume=checkpoint)
+        with disk_full_is_a_user_error(run_dir, full_disk):
+            result = trainer.fit(resume=checkpoint)
     finally:
         distributed.shutdown(processes)
     report = None
-    if config.export is not None and processes.is_main:
+    if export_file is not None and processes.is_main:
         # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,
         # whatever device and precision the run trained in.
-        export_section = config.export
-        report = export(result.checkpoint, registry, format=export_section.format,
-                        out=run_dir / export_section.file, options=export_section.plugin_options())
+        with disk_full_is_a_user_error(run_dir, f"free some space, then aigc-kit export {run_dir} --out FILE"):
+            report = export(result.checkpoint, registry, format=config.export.format, out=run_dir / export_file,
+                            options=config.export.plugin_options())
     return RunOutcome(run_dir=run_dir, train=result, export=report)
 
 
-def _open_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> Any:
-    """The checkpoint to resume from (None for a new run), after checking that the run directory fits the intent."""
-    from .checkpoint import load_checkpoint
+def _open_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> tuple[Any, str | None]:
+    """The checkpoint to resume from (None to start), and what to tell the user about that choice.
 
-    has_run = (run_dir / "checkpoints").exists()
+    Resuming a run with no checkpoint yet (stopped while it started) starts it
+    from step 1, so that a job scheduler may rerun the same command after any stop.
+    """
+    from .checkpoint import check_resumable_state, load_checkpoint
+
+    has_run = (run_dir / "checkpoints" / "latest").exists()
     if has_run and not resume and not overwrite:
         raise UserError(
             "the run directory already holds a run",
@@ -244,9 +267,12 @@ def _open_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> Any:
                  "or replace it with --set output.overwrite=true",
         )
     if resume and not has_run:
-        raise UserError("there is no run to resume here (no checkpoints/)", file=str(run_dir),
-                        hint="start it without --resume")
-    return load_checkpoint(run_dir) if resume else None
+        return None, f"nothing to resume in {run_dir} (no checkpoint yet): starting the run from step 1"
+    if not resume:
+        return None, None
+    checkpoint = load_checkpoint(run_dir)
+    check_resumable_state(checkpoint)
+    return checkpoint, None
 
 
 def environment(registry: Registry, device: Any, processes: Any) -> dict[str, Any]:
@@ -313,25 +339,14 @@ def _forget_after(metrics: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
             continue
-    metrics.write_text("".join(line + "\n" for line in kept))
-
-
-def _clear_previous_run(run_dir: Path, export_file: str | None) -> None:
-    """Remove what an earlier run wrote (only reached when output.overwrite is set)."""
-    import shutil
-
-    for folder in ("checkpoints", "samples", "tensorboard"):
-        shutil.rmtree(run_dir / folder, ignore_errors=True)
-    for name in ("metrics.jsonl", "config.yaml", export_file):
-        if name and (run_dir / name).is_file():
-            (run_dir / name).unlink()
+    write_text(metrics, "".join(line + "\n" for line in kept))
 
 
 def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, components: Any, path: Path) -> Any:
     from .plugin_api import ExportRequest
 
     export_section = loaded.config.export
-    exporter = registry.spec("exporter", export_section.format).factory(loaded.options["export"])
+    exporter = registry.build("exporter", export_section.format, loaded.options["export"], field="export")
     request = ExportRequest(
         network=network,
         sampler=components.sampler,
@@ -398,7 +413,7 @@ def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, A
         raise UserError("the checkpoint has no config.yaml", file=str(checkpoint.path))
     data = {**checkpoint.config, **(changes or {})}
     data["output"] = {**data.get("output", {}), "overwrite": True}
-    loaded = parse_config(data, registry, source=checkpoint.path / "config.yaml")
+    loaded = parse_config(data, registry, source=checkpoint.path / "config.yaml", trusted=False)
     components = build_components(loaded, registry)
     name = components.model.sampling_network
     network = components.model.networks[name]
@@ -425,7 +440,7 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
 
     try:
         trained = load_trained(source, registry,
-                               changes={"export": {"format": format, "file": str(out), **(options or {})}})
+                               changes={"export": {"format": format, "file": Path(out).name, **(options or {})}})
     except UserError as error:
         if (error.field or "").startswith("export"):
             error.file = None  # the export options came from the caller, not from the checkpoint's config

@@ -33,7 +33,8 @@ def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[st
                         hint="export it again with this aigc-kit (exports record their data section), "
                              "or evaluate the run directory")
     name = section.pop("name")
-    data = registry.spec("dataset", name).factory(registry.options("dataset", name, section, field_prefix="data"))
+    data = registry.build("dataset", name, registry.options("dataset", name, section, field_prefix="data"),
+                          field="data")
     metrics = build_metrics(registry, requested, data)
     low, high = tuple(generator.output["value_range"])
     rng = np.random.default_rng(seed)

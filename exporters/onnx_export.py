@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import time
 import warnings
@@ -32,8 +31,10 @@ import torch
 
 from aigc_kit.core.device import evaluating
 from aigc_kit.core.errors import UserError, ValidationFailed
+from aigc_kit.core.files import replacing
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
+from .metadata import properties as metadata_properties
 from .onnx_graphs import (
     append_uint8_output,
     loop_sampler,
@@ -43,9 +44,6 @@ from .onnx_graphs import (
     unrolled_step,
 )
 from .runtime import from_pixels
-
-FORMAT_VERSION = "1"
-"""The version of the metadata layout written into ``metadata_props``."""
 
 TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1, 1]-sized range
     ("network", "fp32"): (1e-4, 1e-4),
@@ -222,8 +220,6 @@ class OnnxExporter:
                 model = append_uint8_output(model, request.value_range)
         export_seconds = time.perf_counter() - started
         tolerance = self._tolerance(what)
-        temporary = path.with_name(f".{path.name}.tmp")
-        onnx.save_model(model, temporary)
         report: dict[str, Any] = {"path": str(path), "what": what, "opset": options.opset,
                                   "precision": options.precision, "export_seconds": round(export_seconds, 2),
                                   "atol": tolerance[0], "rtol": tolerance[1]}
@@ -233,28 +229,29 @@ class OnnxExporter:
             report["sampler_graph"] = "unrolled" if layout.unrolled else "loop"
             if layout.fp32_steps:
                 report["fp32_steps"] = layout.fp32_steps
-        try:
-            with torch.no_grad(), evaluating(network):
-                report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
-                if options.reference_check:
-                    report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,
-                                                                          sampler)
-        except ValidationFailed as exc:
-            temporary.replace(path.with_name(path.stem + ".failed.onnx"))
-            if what == "sampler" and options.precision == "int8":
-                advice = (f"keeping more of the first steps in fp32 may help (--option fp32_steps=N; this export "
-                          f"kept {layout.fp32_steps} of {len(sampler.timesteps)})" if layout.unrolled else
-                          "a Loop holds one int8 range per tensor for every step; --sampler-graph unrolled "
-                          "calibrates each step on its own")
-                raise ValidationFailed(f"{exc}; {advice}", exc.report) from None
-            raise
-        if what == "sampler":
-            report["step_bytes"] = step_bytes
-        set_metadata(model, self.metadata(what, sampler, request, report))
-        model.producer_name = request.metadata.get("aigc_kit.producer", "aigc-kit")
-        model.producer_version = request.metadata.get("aigc_kit.producer_version", "")
-        onnx.save_model(model, temporary)
-        temporary.replace(path)
+        with replacing(path) as temporary:  # a name of this export's own, removed however it ends
+            onnx.save_model(model, temporary)
+            try:
+                with torch.no_grad(), evaluating(network):
+                    report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
+                    if options.reference_check:
+                        report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,
+                                                                              sampler)
+            except ValidationFailed as exc:
+                temporary.replace(path.with_name(path.stem + ".failed.onnx"))
+                if what == "sampler" and options.precision == "int8":
+                    advice = (f"keeping more of the first steps in fp32 may help (--option fp32_steps=N; this "
+                              f"export kept {layout.fp32_steps} of {len(sampler.timesteps)})" if layout.unrolled else
+                              "a Loop holds one int8 range per tensor for every step; --sampler-graph unrolled "
+                              "calibrates each step on its own")
+                    raise ValidationFailed(f"{exc}; {advice}", exc.report) from None
+                raise
+            if what == "sampler":
+                report["step_bytes"] = step_bytes
+            set_metadata(model, self.metadata(what, sampler, request, report))
+            model.producer_name = request.metadata.get("aigc_kit.producer", "aigc-kit")
+            model.producer_version = request.metadata.get("aigc_kit.producer_version", "")
+            onnx.save_model(model, temporary)
         report["bytes"] = path.stat().st_size
         return report
 
@@ -265,7 +262,7 @@ class OnnxExporter:
 
         For generator graphs and samplers without step noise; a denoiser takes more than noise.
         """
-        from .runtime import read_metadata
+        from .metadata import parse as read_metadata
 
         session = open_session(path)
         metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
@@ -510,18 +507,11 @@ class OnnxExporter:
                 sampler_info[attribute] = value
         validation = {key: report[key] for key in ("batch_sizes", "max_abs_error", "max_rel_error", "mean_abs_error",
                                                    "atol", "rtol", "onnxruntime") if key in report}
-        return {
-            **request.metadata,
-            "aigc_kit.format_version": FORMAT_VERSION,
-            "aigc_kit.family": "diffusion" if is_stepwise(sampler) else "generator",
-            "aigc_kit.graph": what,
-            "aigc_kit.inputs": json.dumps(inputs),
-            "aigc_kit.outputs": json.dumps(outputs),
-            "aigc_kit.sampling": json.dumps(sampler_info),
-            "aigc_kit.opset": str(options.opset),
-            "aigc_kit.precision": options.precision,
-            "aigc_kit.validation": json.dumps(validation),
-        }
+        return metadata_properties({
+            "family": "diffusion" if is_stepwise(sampler) else "generator", "graph": what, "inputs": inputs,
+            "outputs": outputs, "sampling": sampler_info, "opset": str(options.opset),
+            "precision": options.precision, "validation": validation,
+        }, request.metadata)
 
 
 def trace(graph: Graph, opset: int, batch: int, seed: int) -> onnx.ModelProto:

@@ -14,10 +14,9 @@ this runtime (not the same as PyTorch's sampling, which draws with torch).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata as distributions
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ import numpy as np
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.timesteps import sampling_timesteps
+
+from .metadata import check_graph
+from .metadata import parse as read_metadata
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
@@ -173,6 +175,8 @@ class OnnxGenerator:
                              "(check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs)")
             warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
         self.metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        check_graph(self.metadata, _described(self.session.get_inputs()), _described(self.session.get_outputs()),
+                    self.path)
         graph = self.metadata["graph"]
         if graph not in ("generator", "sampler"):
             raise UserError(
@@ -198,19 +202,26 @@ class OnnxGenerator:
         For a diffusion sampler, ``steps`` picks another step count (the export's
         spacing), or ``timesteps`` gives the decreasing sequence itself.
         """
+        return np.concatenate(list(self.batches(n, seed, batch_size=batch_size, steps=steps, timesteps=timesteps)))
+
+    def batches(self, n: int, seed: int = 0, *, batch_size: int = 16, steps: int | None = None,
+                timesteps: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+        """The images of :meth:`generate`, one batch at a time (so that any number fits in memory)."""
         if n < 1:
             raise UserError("the number of images must be at least 1", field="n", given=n)
+        if seed < 0:
+            raise UserError("the seed must be 0 or more", field="seed", given=seed)
+        if batch_size < 1:
+            raise UserError("the batch size must be at least 1", field="batch_size", given=batch_size)
         sequence = self._timesteps(steps, timesteps)
         rng = np.random.default_rng(seed)
-        images = []
         for start in range(0, n, batch_size):
             batch = min(batch_size, n - start)
             feeds = self.feeds(batch, rng, sequence)
             output = self.session.run([self.output["name"]], feeds)[0]
             if self.output["dtype"] != "uint8":
                 output = to_pixels(output, tuple(self.output["value_range"]))
-            images.append(output)
-        return np.concatenate(images)
+            yield output
 
     def _timesteps(self, steps: int | None, timesteps: Sequence[int] | None) -> list[int] | None:
         if steps is None and timesteps is None:
@@ -253,6 +264,15 @@ class OnnxGenerator:
 
     def _input(self, name: str) -> dict[str, Any] | None:
         return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(uint8)": "uint8"}
+
+
+def _described(values: Any) -> dict[str, tuple[str, int]]:
+    """onnxruntime's inputs or outputs as ``name -> (dtype, rank)``, to check the metadata against."""
+    return {value.name: (_ORT_TYPES.get(value.type, value.type), len(value.shape)) for value in values}
 
 
 def _metadata_map(ort: Any, path: Path) -> dict[str, str]:
@@ -314,23 +334,6 @@ def _first_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     telling = [line for line in lines if "does not support" in line or "not implemented" in line.lower()]
     return (telling or lines or [type(exc).__name__])[0][:300]
-
-
-def read_metadata(properties: dict[str, str], path: str | Path = "") -> dict[str, Any]:
-    """The ``aigc_kit.*`` metadata of an exported model, JSON values decoded, the prefix dropped."""
-    if "aigc_kit.graph" not in properties:
-        raise UserError("this ONNX file was not exported by aigc-kit (it has no aigc_kit metadata)", file=str(path),
-                        hint="export it with: aigc-kit export RUN_DIR --out MODEL.onnx")
-    result: dict[str, Any] = {}
-    for key, value in properties.items():
-        if not key.startswith("aigc_kit."):
-            continue
-        name = key.removeprefix("aigc_kit.")
-        try:
-            result[name] = json.loads(value) if value[:1] in "[{" else value
-        except json.JSONDecodeError:
-            result[name] = value
-    return result
 
 
 def to_pixels(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

@@ -165,7 +165,9 @@ def test_a_two_process_run_resumes_in_one_process_and_the_nproc_shortcut_launche
                                       str(run_dir), "--nproc", "2"])
     assert result.exit_code == 0
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000002"
-    resumed = CliRunner().invoke(cli, ["resume", str(run_dir), "--set", "train.steps=4"])
+    # a run folder never runs code: its local plugin is named again to resume it
+    resumed = CliRunner().invoke(cli, ["--plugin", str(tmp_path / "regression_plugin.py"), "resume", str(run_dir),
+                                       "--set", "train.steps=4"])
     assert resumed.exit_code == 0, resumed.output
     assert "resumed after step 2" in resumed.output
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -88,8 +88,9 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint_and_says_
 
     monkeypatch.setattr(checkpoints, "save_file", fill_disk_on_second_checkpoint)
     result = CliRunner().invoke(cli, ["run", str(write_config(config)), "--output", str(tmp_path / "run")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no space left" in result.output and "step-000002" in result.output and "is intact" in result.output
+    assert f"aigc-kit resume {tmp_path / 'run'}" in result.output
     assert "Traceback" not in result.output
     assert load_checkpoint(tmp_path / "run").step == 2
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["latest", "step-000002"]

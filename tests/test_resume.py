@@ -113,11 +113,14 @@ def test_resuming_with_more_steps_and_other_intervals_continues(builtin_registry
     assert [r["step"] for r in records(tmp_path / "run")] == [2, 4, 5, 6]
 
 
-def test_resume_refuses_a_finished_run_and_a_missing_one(builtin_registry, write_config, tmp_path):
+def test_resuming_with_nothing_to_resume_starts_the_run_and_says_so_and_a_finished_run_is_refused(
+        builtin_registry, write_config, tmp_path):
+    """A scheduler that reruns `aigc-kit run CONFIG --resume` after any stop gets the run, started or continued."""
     path = write_config(tiny_config())
-    with pytest.raises(UserError, match="no run to resume"):
-        run(path, builtin_registry, output=tmp_path / "run", resume=True)
-    run(path, builtin_registry, output=tmp_path / "run")
+    said: list[str] = []
+    outcome = run(path, builtin_registry, output=tmp_path / "run", resume=True, say=said.append)
+    assert outcome.train.resumed_from == 0 and outcome.train.steps == 4
+    assert said[0].startswith("nothing to resume in") and "starting the run from step 1" in said[0]
     with pytest.raises(UserError, match="already reached step 4") as error:
         run(path, builtin_registry, output=tmp_path / "run", resume=True)
     assert error.value.field == "train.steps"

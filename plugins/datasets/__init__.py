@@ -14,8 +14,8 @@ class ShapesOptions(Options):
 
     resolution: int = Field(32, ge=8, le=1024, description="Image side in pixels.")
     channels: int = Field(3, description="1 (grey) or 3 (RGB).", ge=1, le=3)
-    size: int = Field(20000, ge=1, description="Number of distinct images (an epoch).")
-    seed: int = Field(0, ge=0, description="Image i is the same for the same seed, on every machine.")
+    size: int = Field(20000, ge=1, le=10**8, description="Number of distinct images (an epoch), at most 10**8.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Image i is the same for the same seed, on every machine.")
     kinds: tuple[str, ...] = Field(("circle", "square", "triangle"), description="Which shapes to draw.")
     backgrounds: Literal["varied", "black"] = Field(
         "varied", description="A random colour per image, or black (an easier task that GANs learn in fewer steps)."

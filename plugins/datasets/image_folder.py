@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -12,6 +13,24 @@ from aigc_kit.core.errors import UserError
 from aigc_kit.core.plugin_api import DatasetBundle, DatasetInfo
 
 from .shapes import to_tensor
+
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+"""What Pillow raises for a file it cannot (or, for one of more than Pillow's pixel limit, will not) decode."""
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` with 8 bits per channel, scaled by its own bit depth.
+
+    Pillow's ``convert("L")`` clips 16- and 32-bit greyscale to 0-255 instead
+    of scaling, which turns a 16-bit PNG almost entirely white.
+    """
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) <= 65535 and values.min(initial=0) >= 0 else max(values.max(), 1.0)
+        return Image.fromarray((values.clip(0, top) / top * 255.0).round().astype(np.uint8), "L")
+    return image
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -28,10 +47,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             path = self.files[(index + offset) % len(self.files)]
             try:
                 with Image.open(path) as image:
-                    image = image.convert("L" if self.channels == 1 else "RGB")
+                    image = eight_bit(image).convert("L" if self.channels == 1 else "RGB")
                     fitted = ImageOps.fit(image, (self.resolution, self.resolution), Image.Resampling.BICUBIC)
                 return to_tensor(fitted)
-            except (OSError, UnidentifiedImageError, ValueError):
+            except UNREADABLE:
                 warnings.warn(f"skipping unreadable image {path}", stacklevel=2)
         raise RuntimeError("no image in the folder could be decoded")
 
@@ -42,10 +61,12 @@ def find_images(root: Path, extensions: tuple[str, ...]) -> tuple[list[Path], li
     readable, unreadable = [], []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in wanted):
         try:
-            with Image.open(path) as image:
-                image.verify()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a large image is still an image
+                with Image.open(path) as image:
+                    image.verify()
             readable.append(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except UNREADABLE:  # a damaged file, or one over Pillow's decompression-bomb limit: counted, skipped
             unreadable.append(path)
     return readable, unreadable
 

@@ -22,9 +22,10 @@ class DcganOptions(Options):
 
     resolution: int | None = Field(None, description="Image side, a power of two from 16 to 128 (default: the data's).")
     channels: int | None = Field(None, description="Image channels, 1 or 3 (default: the data's).")
-    latent_dim: int = Field(100, gt=0, description="Size of the latent vector z.")
-    width: int = Field(64, gt=0, description="Base width: feature maps of the last generator / first discriminator layer.")
-    pack: int = Field(1, ge=1, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
+    latent_dim: int = Field(100, gt=0, le=4096, description="Size of the latent vector z.")
+    width: int = Field(64, gt=0, le=1024, description="Base width: feature maps of the last generator / first "
+                                                        "discriminator layer (the widest has 8 or 16 times it).")
+    pack: int = Field(1, ge=1, le=64, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
 
     @field_validator("resolution")
     @classmethod

@@ -42,7 +42,8 @@ class UnetOptions(Options):
 
     resolution: int | None = Field(None, description="Image side: 16, 32, 64 or 128 (default: the data's).")
     channels: int | None = Field(None, description="Image channels, 1 or 3 (default: the data's).")
-    width: int = Field(64, gt=0, description="Channels of the first level; level i has width * channel_multipliers[i].")
+    width: int = Field(64, gt=0, le=1024, description="Channels of the first level; level i has width * "
+                                                      "channel_multipliers[i].")
     channel_multipliers: tuple[int, ...] = Field(
         (1, 2, 2), min_length=1, description="One multiplier per level; each level after the first halves the resolution."
     )
@@ -52,7 +53,8 @@ class UnetOptions(Options):
     )
     attention_heads: int = Field(1, ge=1, description="Heads of each self-attention layer.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the residual blocks.")
-    norm_groups: int = Field(32, ge=1, description="GroupNorm groups; every level's channels must divide by it.")
+    norm_groups: int = Field(32, ge=1, validate_default=True,
+                             description="GroupNorm groups; every level's channels must divide by it.")
     schedule: ScheduleOptions = Field(
         default_factory=ScheduleOptions,
         description="The noise schedule and prediction type, shared with the loss and the sampler.",
@@ -61,12 +63,17 @@ class UnetOptions(Options):
     @field_validator("norm_groups")
     @classmethod
     def _divides_every_level(cls, groups: int, info: ValidationInfo) -> int:
+        # checked for the default too (validate_default): width 8 with the default 32 groups cannot build
         width, heads = info.data.get("width"), info.data.get("attention_heads")
-        for multiplier in info.data.get("channel_multipliers") or ():
+        multipliers = info.data.get("channel_multipliers") or ()
+        if any(multiplier > 64 for multiplier in multipliers) or len(multipliers) > 8:
+            raise ValueError("at most 8 levels (channel_multipliers), each with a multiplier of at most 64")
+        for multiplier in multipliers:
             channels = width * multiplier if width else None
             if channels is not None and (multiplier < 1 or channels % groups or (heads and channels % heads)):
                 raise ValueError(f"every level's channels (width x multiplier, here {channels}) must be positive "
-                                 f"and divide by norm_groups ({groups}) and attention_heads ({heads})")
+                                 f"and divide by norm_groups ({groups}) and attention_heads ({heads}); set "
+                                 "model.norm_groups, model.width or model.channel_multipliers to fit")
         return groups
 
 

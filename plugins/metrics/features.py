@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_kit.core.errors import UserError
+from aigc_kit.core.files import replacing
 
 CACHE_ENV = "AIGC_KIT_CACHE"
 
@@ -119,7 +121,7 @@ def dataset_fingerprint(dataset: Any) -> str:
 def real_features(data: Any, extractor: Extractor, count: int, batch_size: int = 500,
                   progress: Callable[[str], None] | None = None) -> torch.Tensor:
     """Features of the first ``count`` items of the dataset (all if fewer), from the cache when it has them."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     dataset = data.dataset
     count = min(count, len(dataset))
@@ -127,14 +129,33 @@ def real_features(data: Any, extractor: Extractor, count: int, batch_size: int =
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     path = cache_dir() / f"{name}.safetensors"
     if path.is_file():
-        return load_file(path)["features"]
+        cached = _cached(path, count)
+        if cached is not None:
+            return cached
     if progress is not None:
         progress(f"computing the features of {count:,} real samples with {extractor.name} (cached at {path})")
     features = torch.cat([
         extractor(torch.stack([torch.as_tensor(dataset[index]) for index in range(start, min(start + batch_size, count))]))
         for start in range(0, count, batch_size)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    save_file({"features": features.contiguous()}, partial, metadata={k: str(v) for k, v in key.items()})
-    os.replace(partial, path)  # a reader never sees half a file
+    with replacing(path) as partial:  # a reader never sees half a file, and no partial one outlives a stop
+        save_file({"features": features.contiguous()}, partial, metadata={k: str(v) for k, v in key.items()})
     return features
+
+
+def _cached(path: Path, count: int) -> torch.Tensor | None:
+    """The features cached in ``path``, or None (with a warning) when the file is damaged: they are computed again."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        features = load_file(path)["features"]
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    else:
+        if features.dim() == 2 and len(features) == count and features.is_floating_point() and \
+                bool(torch.isfinite(features).all()):
+            return features
+        problem = f"features of shape {tuple(features.shape)} where {count} rows were expected"
+    warnings.warn(f"the cached real-data features in {path} are damaged ({problem}); computing them again",
+                  RuntimeWarning, stacklevel=3)
+    return None

@@ -11,10 +11,10 @@ class MlpOptions(Options):
     """Options of the ``mlp`` model; the sample shape comes from the data (or ``sample_shape``)."""
 
     sample_shape: tuple[int, ...] | None = Field(None, description="Shape of one sample (default: the data's).")
-    latent_dim: int = Field(8, gt=0, description="Size of the latent vector z.")
-    width: int = Field(256, gt=0, description="Units per hidden layer, in both networks.")
+    latent_dim: int = Field(8, gt=0, le=4096, description="Size of the latent vector z.")
+    width: int = Field(256, gt=0, le=16384, description="Units per hidden layer, in both networks.")
     depth: int = Field(3, ge=1, le=16, description="Hidden layers per network.")
-    pack: int = Field(1, ge=1, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
+    pack: int = Field(1, ge=1, le=64, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
 
 
 def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
