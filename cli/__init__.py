@@ -51,7 +51,7 @@ class Group(click.Group):
     """Turns known failures into one message and an exit status; tracebacks only with ``--debug``."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from aigc_kit.core.interrupt import Terminated, termination_raises
+        from aigc_kit.core.interrupt import Terminated, terminating, termination_raises
 
         try:
             with warnings.catch_warnings(), termination_raises():
@@ -64,6 +64,9 @@ class Group(click.Group):
             click.echo("terminated", err=True)
             ctx.exit(128 + Terminated.signal_number)
         except Exception as exc:  # noqa: BLE001 - every exception ends here: the user sees one message
+            if terminating():  # the signal came first; what failed after it is its doing
+                click.echo("terminated", err=True)
+                ctx.exit(128 + Terminated.signal_number)
             debug = bool(ctx.params.get("debug"))
             status, message = _describe_failure(exc)
             if debug:
@@ -534,9 +537,13 @@ def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def inspect(model: Path, as_json: bool) -> None:
     """Show what an exported MODEL.onnx is: its inputs and outputs, sampler, provenance and validation."""
-    import onnx
-
     from aigc_kit.core.errors import UserError
+
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("inspect reads the file with the onnx package, which is not installed",
+                        hint="pip install onnx (generate needs only onnxruntime)") from None
     from aigc_kit.exporters.metadata import describe
     from aigc_kit.exporters.metadata import parse as read_metadata
 

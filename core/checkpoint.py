@@ -172,7 +172,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = {}
     except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged or foreign pickles
         raise UserError(
-            f"cannot read the training state: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            f"cannot read the training state: {type(exc).__name__}"
+            + (f": {str(exc).splitlines()[0]}" if str(exc).strip() else " (an empty or cut-off file)"),
             file=str(folder / STATE_FILE),
         ) from None
     config_path = folder / CONFIG_FILE

@@ -51,6 +51,15 @@ class Terminated(BaseException):
     signal_number = signal.SIGTERM
 
 
+_terminating = threading.Event()
+
+
+def terminating() -> bool:
+    """Whether SIGTERM arrived within :func:`termination_raises`: native code may have turned :class:`Terminated`
+    into another exception (pybind11 reports any error while a module initialises as ``ImportError``)."""
+    return _terminating.is_set()
+
+
 @contextlib.contextmanager
 def termination_raises() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
@@ -59,6 +68,7 @@ def termination_raises() -> Iterator[None]:
         return
 
     def handle(number: int, frame: object) -> None:
+        _terminating.set()
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handle)

@@ -173,5 +173,6 @@ def check_writable(folder: Path, what: str = "the run directory", option: str = 
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UserError(f"{what} is not writable: {existing}: {exc.strerror or exc}", file=str(folder),
+        raise UserError(f"{what} cannot be written: creating a file in {existing} failed ({exc.strerror or exc})",
+                        file=str(folder),
                         hint=f"choose a folder you can write to ({option})") from None
