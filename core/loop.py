@@ -106,6 +106,15 @@ def check_components(components: Components, config: RunConfig) -> None:
             f"model {model_name!r} names a sampling network {components.model.sampling_network!r} it lacks",
             field="model.name",
         )
+    batch, multiple = config.train.batch_size, components.model.batch_multiple
+    if multiple > 1 and batch % multiple:
+        raise UserError(f"model {model_name!r} judges samples in groups of {multiple}, which a batch of {batch} "
+                        "does not divide into", field="train.batch_size", given=batch,
+                        hint=f"use a multiple of {multiple}, e.g. {batch - batch % multiple or multiple}")
+    size = len(components.data.dataset)
+    if size < batch:
+        raise UserError(f"the dataset has {size} samples, fewer than one batch", field="train.batch_size",
+                        given=batch, hint="use a smaller batch or more data")
 
 
 class PhaseOptimizer:

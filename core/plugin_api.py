@@ -129,12 +129,15 @@ class ModelBundle:
     and sampler must agree on. A run config sets them once, in the model's section;
     the run passes them to the loss's and the sampler's factories, whose options
     must accept them, and refuses a config whose loss or sampler section contradicts them.
+    ``batch_multiple``: the batch size must be a multiple of it (PacGAN packing
+    judges that many samples together); checked by ``aigc-kit validate``.
     """
 
     networks: dict[str, Any]
     sampling_network: str
     noise_shape: tuple[int, ...]
     shared_options: dict[str, Any] = field(default_factory=dict)
+    batch_multiple: int = 1
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     try:
         config = safe_yaml.read(config_path) or {}
     except UserError as error:  # a report of what can be read is still worth having
+        warnings.warn(f"the run's config cannot be read ({error}); the report shows the rest", stacklevel=2)
         config = {"unreadable": str(error)}
     if not isinstance(config, dict):
         config = {"unreadable": f"{config_path}: expected a mapping, found {type(config).__name__}"}
@@ -68,6 +70,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         try:
             environment = json.loads(environment_path.read_text(encoding="utf-8", errors="replace"))
         except json.JSONDecodeError as exc:
+            warnings.warn(f"{environment_path} is not JSON ({exc}); the report shows the rest", stacklevel=2)
             environment = {"unreadable": f"{environment_path}: {exc}"}
     grids = sorted((run_dir / "samples").glob("step-*.png"))
     write_text(page, _html(run_dir, config, environment, figures, _spread(grids, MAX_GRIDS), evaluations))
@@ -76,17 +79,22 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _records(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl's records: JSON objects with an integer step (a line cut short by a crash, or anything
-    else, is left out: the rest is still worth showing)."""
+    else, is left out with a warning: the rest is still worth showing)."""
     if not path.is_file():
         return []
-    records = []
+    records, skipped = [], 0
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
         if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
             records.append(record)
+        elif line.strip():
+            skipped += 1
+    if skipped:
+        warnings.warn(f"{skipped} line(s) of {path} are not metrics records (a JSON object with an integer step); "
+                      "the report leaves them out", stacklevel=3)
     return records
 
 

@@ -353,6 +353,10 @@ CASES = [
          lambda folder, base: config_with(folder, lambda data: data.update(
              model={"name": "unet", "width": 8}, loss={"name": "diffusion"}, sampler={"name": "ddim", "steps": 3})),
          "divide by norm_groups"),
+    Case("pack-not-dividing-batch", "PacGAN packing of 3 with a batch of 8",
+         lambda folder, base: config_with(folder, _set("model.pack", 3)), "does not divide into"),
+    Case("dataset-smaller-than-batch", "a dataset of 4 images and a batch of 8",
+         lambda folder, base: config_with(folder, _set("data.size", 4)), "fewer than one batch"),
     Case("seed-huge", "seed: 2**64", lambda folder, base: config_with(folder, _set("seed", 2**64)),
          "less than or equal to 4294967295"),
     Case("lr-infinite", "a learning rate of .inf",

@@ -182,6 +182,7 @@ def test_the_report_escapes_what_metrics_jsonl_holds_and_shows_what_it_can(base,
     text = page.read_text()
     assert "<script>" not in text and "<img src=x" not in text
     assert "&lt;img src=x onerror=" in text and "unreadable" in text  # shown as text, and what could not be read
+    assert "warning: 3 line(s) of" in result.output and "is not JSON" in result.output
     if browser() is None:
         pytest.skip("no Chromium or Chrome installed (Debian: apt-get install chromium): the page was checked as text")
     dom = subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],

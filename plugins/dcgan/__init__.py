@@ -68,6 +68,7 @@ def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, model: str
         networks={"generator": generator, "discriminator": discriminator},
         sampling_network="generator",
         noise_shape=(options.latent_dim,),
+        batch_multiple=options.pack,
     )
 
 

@@ -34,7 +34,7 @@ def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None) ->
     generator = Generator(options.latent_dim, shape, options.width, options.depth, bounded)
     discriminator = Discriminator(shape, options.width, options.depth, options.pack)
     return ModelBundle({"generator": generator, "discriminator": discriminator}, sampling_network="generator",
-                       noise_shape=(options.latent_dim,))
+                       noise_shape=(options.latent_dim,), batch_multiple=options.pack)
 
 
 @hookimpl
