@@ -309,7 +309,7 @@ def parse_config(
                     f"this config names the plugin {reference!r}, and a config that came with a run or a checkpoint "
                     "never runs code",
                     file=file, field=f"plugins[{index}]",
-                    hint=f"if you trust it, load it yourself: aigc-kit --plugin {reference} COMMAND ...",
+                    hint=f"if you trust it, load it yourself: aigc-kit --plugin {plugin_references[index]} COMMAND ...",
                 )
             continue
         try:
