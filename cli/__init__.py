@@ -356,6 +356,14 @@ def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tu
         requested[metric][option] = value
     from tqdm import tqdm
 
+    from aigc_kit.core.files import write_text
+    from aigc_kit.core.rundir import check_output_file
+
+    if source.suffix == ".onnx":
+        out = out or source.with_suffix(".eval.json")
+    else:
+        out = out or (source / "eval.json" if (source / "checkpoints").is_dir() else Path("eval.json"))
+    check_output_file(out, "--out")  # before minutes of sampling, not after
     # a progress bar on a terminal (tqdm turns itself off otherwise); the real features come after the samples
     with tqdm(total=count, unit="sample", file=sys.stderr, disable=None, mininterval=1.0) as bar:
         if source.suffix == ".onnx":
@@ -363,18 +371,16 @@ def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tu
 
             report = evaluate_onnx(source, state.registry(), list(requested.items()), count, seed=seed,
                                    progress=bar.update)
-            out = out or source.with_suffix(".eval.json")
         else:
             from aigc_kit.core.evaluation import evaluate_run
 
             report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed,
                                   progress=bar.update)
-            out = out or (source / "eval.json" if (source / "checkpoints").is_dir() else Path("eval.json"))
     width = max(len(key) for key in report["values"])
     click.echo(f"{source}: {count:,} samples, seed {seed}")
     for key, value in report["values"].items():
         click.echo(f"  {key:<{width}}  {value:.6g}")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out, json.dumps(report, indent=2) + "\n")
     click.echo(f"  report: {out}")
 
 

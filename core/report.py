@@ -21,6 +21,7 @@ import yaml
 from . import safe_yaml
 from .errors import UserError
 from .files import write_text
+from .rundir import check_output_file
 
 MAX_GRIDS = 12
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
@@ -45,6 +46,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         config = {"unreadable": f"{config_path}: expected a mapping, found {type(config).__name__}"}
     records = _records(run_dir / "metrics.jsonl")
     page = Path(out) if out is not None else run_dir / "report" / "report.html"
+    check_output_file(page, "--out")
     folder = page.parent
     folder.mkdir(parents=True, exist_ok=True)
 

@@ -436,6 +436,8 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
     """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them)."""
     import torch
 
+    rundir.check_output_file(Path(out), "--out")
+
     from .device import evaluating
 
     try:

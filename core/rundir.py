@@ -5,7 +5,7 @@
 - :func:`hold` takes the run directory's lock for as long as a run writes there (a second ``aigc-kit run``
   or ``resume`` of the same folder is refused, naming the holder; the operating system releases the lock
   when its process dies, so a stale lock never blocks);
-- :func:`check_writable` refuses, before any training, a place that cannot be written to.
+- :func:`check_writable` and :func:`check_output_file` refuse, before any work, a place that cannot be written to.
 
 This module does not import torch.
 """
@@ -176,3 +176,15 @@ def check_writable(folder: Path, what: str = "the run directory", option: str = 
         raise UserError(f"{what} cannot be written: creating a file in {existing} failed ({exc.strerror or exc})",
                         file=str(folder),
                         hint=f"choose a folder you can write to ({option})") from None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, a file path that cannot be written: a folder, under a file, or unwritable."""
+    if path.is_dir():
+        raise UserError(f"{option} names a folder; a file is expected", file=str(path),
+                        hint=f"add a file name ({option} FOLDER/NAME)")
+    try:
+        check_writable(path.parent, "its folder", option)
+    except UserError as error:
+        error.file, error.message = str(path), f"cannot write here: {error.message}"
+        raise
