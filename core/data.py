@@ -12,11 +12,15 @@ as the built-in datasets' does, for a resumed run to see the same samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from .errors import UserError
+from .plugin_api import SAMPLE_KEY
 
 
 def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
@@ -70,10 +74,20 @@ class StreamSampler(Sampler[int]):
 
 
 def collate(samples: Any) -> Any:
-    """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor."""
-    if isinstance(samples, torch.Tensor):
+    """Stack samples into a batch; a dataset's ``__getitems__`` may already return a stacked tensor (or a
+    mapping of them)."""
+    if isinstance(samples, torch.Tensor) or (isinstance(samples, Mapping) and all(
+            isinstance(value, torch.Tensor) for value in samples.values())):
         return samples
     return torch.utils.data.default_collate(samples)
+
+
+@dataclass
+class Batch:
+    """One batch: the samples, and the conditions they come with (``{"label": LongTensor}``, or empty)."""
+
+    samples: torch.Tensor
+    conditions: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class BatchStream:
@@ -82,15 +96,20 @@ class BatchStream:
     ``position()`` is ``{"epoch": e, "consumed": n}``: ``n`` samples of epoch
     ``e``'s permutation have been used by all processes together. A stream
     built with that position continues exactly where the other left off.
-    Datasets may yield tensors or ``(tensor, label)`` pairs; labels are dropped.
+    A dataset yields sample tensors, or mappings ``{"sample": ..., NAME: ...}``
+    whose other keys are exactly the ``conditions`` its info declares; anything
+    else (a bare tuple, an undeclared key) is a user error naming ``dataset_name``,
+    never silently dropped.
     """
 
     def __init__(self, dataset: Any, batch_size: int, seed: int, device: torch.device, *, workers: int = 0,
                  rank: int = 0, world_size: int = 1, position: dict[str, int] | None = None,
-                 pin_memory: bool = False, channels_last: bool = False) -> None:
+                 pin_memory: bool = False, channels_last: bool = False, conditions: Collection[str] = (),
+                 dataset_name: str = "the dataset") -> None:
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
         self.workers, self.rank, self.world_size, self.pin_memory = workers, rank, world_size, pin_memory
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.conditions, self.dataset_name = frozenset(conditions), dataset_name
         position = position or {"epoch": 0, "consumed": 0}
         self.epoch, self.consumed = int(position["epoch"]), int(position["consumed"])
         self._iterator: Iterator[Any] | None = None
@@ -105,18 +124,42 @@ class BatchStream:
     def __iter__(self) -> BatchStream:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> Batch:
         per_step = self.batch_size * self.world_size
         if self.consumed + per_step > len(self.dataset):  # this epoch's permutation is used up
             self.epoch, self.consumed = self.epoch + 1, 0
         if self._iterator is None:  # once per stream: the loader's sampler runs on through the epochs
             self._iterator = iter(self._loader())
-        batch = next(self._iterator)
+        batch = self._checked(next(self._iterator))
         self.consumed += per_step
-        if isinstance(batch, list | tuple):
-            batch = batch[0]
-        batch = batch.to(self.device, non_blocking=self.pin_memory)  # pinned memory: the copy overlaps compute
-        return batch.contiguous(memory_format=self.memory_format) if batch.dim() == 4 else batch
+        samples = batch.samples.to(self.device, non_blocking=self.pin_memory)  # pinned: the copy overlaps compute
+        if samples.dim() == 4:
+            samples = samples.contiguous(memory_format=self.memory_format)
+        conditions = {name: value.to(self.device, non_blocking=self.pin_memory)
+                      for name, value in batch.conditions.items()}
+        return Batch(samples, conditions)
+
+    def _checked(self, batch: Any) -> Batch:
+        """The collated batch as samples and conditions, refusing what the dataset's info does not declare."""
+        declared = ", ".join(sorted(self.conditions)) or "none"
+        if isinstance(batch, torch.Tensor):
+            if self.conditions:
+                raise UserError(f"dataset {self.dataset_name!r} declares the conditions {declared}, but its items "
+                                "are bare samples", field="data.name",
+                                hint="yield {'sample': tensor, NAME: value} for each declared condition")
+            return Batch(batch)
+        if isinstance(batch, Mapping) and SAMPLE_KEY in batch:
+            given = set(batch) - {SAMPLE_KEY}
+            if given != self.conditions:
+                raise UserError(f"dataset {self.dataset_name!r} yields the conditions "
+                                f"{', '.join(sorted(given)) or 'none'}, but its info declares {declared}",
+                                field="data.name",
+                                hint="declare each in DatasetInfo(conditions=...), and yield exactly those")
+            return Batch(batch[SAMPLE_KEY], {name: torch.as_tensor(batch[name]) for name in sorted(given)})
+        raise UserError(f"dataset {self.dataset_name!r} yields {type(batch).__name__} items; expected a sample "
+                        "tensor, or a mapping {'sample': tensor, ...} of the conditions its info declares",
+                        field="data.name", hint="for (image, label) pairs, yield {'sample': image, 'label': label} "
+                                                "and declare DatasetInfo(conditions={'label': Condition(...)})")
 
     def _loader(self) -> DataLoader:
         sampler = StreamSampler(len(self.dataset), self.seed, self.epoch, self.consumed, self.rank, self.world_size,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .plugin_api import accepts
 from .registry import Registry
 
 
@@ -32,13 +33,21 @@ def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, ba
              progress: Callable[[int], Any] | None = None) -> dict[str, float]:
     """Feed ``count`` samples from ``draw(n)`` to every metric, in batches; the values as ``metric/key``.
 
+    ``draw(n)`` returns samples, or ``(samples, conditions)`` for a conditional
+    model: a metric whose ``update`` takes ``conditions`` gets them (class
+    agreement needs the label each sample was drawn for).
     ``progress(n)`` is told of each batch of ``n`` samples done.
     """
+    takes = {name: accepts(metric.update, "conditions") for name, metric in metrics.items()}
     remaining = count
     while remaining > 0:
-        samples = draw(min(batch_size, remaining))
-        for metric in metrics.values():
-            metric.update(samples)
+        drawn = draw(min(batch_size, remaining))
+        samples, conditions = drawn if isinstance(drawn, tuple) else (drawn, {})
+        for name, metric in metrics.items():
+            if takes[name]:
+                metric.update(samples, conditions=conditions)
+            else:
+                metric.update(samples)
         remaining -= samples.shape[0]
         if progress is not None:
             progress(samples.shape[0])
@@ -50,6 +59,7 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
     """Metrics of ``count`` samples of a run directory or checkpoint; a JSON-able report."""
     import torch
 
+    from . import conditions
     from .device import evaluating
     from .run import load_trained
 
@@ -62,7 +72,9 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
     def draw(n: int) -> Any:
         with torch.no_grad(), evaluating(trained.network):
             noise = components.sampler.noise(n, noise_shape, generator=generator)
-            return components.sampler.sample(trained.network, noise, generator=generator).float()
+            drawn = conditions.draw(components.model.conditions, n, generator)
+            samples = conditions.sample(components.sampler, trained.network, noise, drawn, generator=generator)
+            return samples.float(), drawn
 
     values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(source), "checkpoint": str(trained.checkpoint), "samples": count, "seed": seed,

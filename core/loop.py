@@ -32,16 +32,16 @@ from typing import Any
 import torch
 
 from . import checkpoint as checkpoints
-from . import distributed
+from . import conditions, distributed
 from .config import OptimizerConfig, RunConfig, fingerprint
-from .data import BatchStream
+from .data import Batch, BatchStream
 from .device import autocast, evaluating, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError, did_you_mean
 from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
 from .pictures import save_grid, save_scatter
-from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase
+from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase, accepts
 
 
 class Interrupted(Exception):
@@ -106,6 +106,23 @@ def check_components(components: Components, config: RunConfig) -> None:
             f"model {model_name!r} names a sampling network {components.model.sampling_network!r} it lacks",
             field="model.name",
         )
+    declared = components.data.info.conditions
+    for name, condition in components.model.conditions.items():
+        if name not in declared:
+            raise UserError(f"model {model_name!r} is conditioned on {name!r}, which dataset {config.data.name!r} "
+                            "does not provide", field="model.conditional",
+                            hint="use a dataset with labels (e.g. shapes with labels: true), or conditional: false")
+        if condition.count != declared[name].count:
+            raise UserError(f"model {model_name!r} takes {condition.count} classes, the data has "
+                            f"{declared[name].count}", field="model.name")
+    if components.model.conditions and not accepts(components.sampler.sample, "conditions"):
+        raise UserError(f"model {model_name!r} is conditional, but sampler {config.sampler.name!r} takes no "
+                        "conditions (its sample has no `conditions` argument)", field="sampler.name",
+                        hint="use a sampler that passes conditions on, or model.conditional: false")
+    if components.model.conditions and not accepts(components.loss.compute, "conditions"):
+        raise UserError(f"model {model_name!r} is conditional, but loss {loss_name!r} takes no conditions "
+                        "(its compute has no `conditions` argument): it would train the model without them",
+                        field="loss.name", hint="use a loss that passes conditions on, or model.conditional: false")
     batch, multiple = config.train.batch_size, components.model.batch_multiple
     if multiple > 1 and batch % multiple:
         raise UserError(f"model {model_name!r} judges samples in groups of {multiple}, which a batch of {batch} "
@@ -250,13 +267,16 @@ class Trainer:
             for network in self.networks.values():
                 network.compile()
         noise_generator = torch.Generator().manual_seed(config.seed + 1)
+        fixed, count, self.grid_columns = conditions.by_class(self.bundle.conditions, self.train.sample_count)
+        self.fixed_conditions = {name: value.to(device) for name, value in fixed.items()}  # one row per class
         self.fixed_noise = components.sampler.noise(
-            self.train.sample_count, tuple(self.bundle.noise_shape), generator=noise_generator
+            count, tuple(self.bundle.noise_shape), generator=noise_generator
         ).to(device)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
         self._averages = _Averages()
         self._watch = _FiniteWatch(self.train.nonfinite)
+        self._loss_takes = {name: accepts(components.loss.compute, name) for name in ("conditions", "sampler")}
         self.skipped_steps = 0
         self.best_value: float | None = None  # of train.eval.best, over this run's evaluations
         self.tensorboard: Any = None  # a SummaryWriter while fit() runs, with train.tensorboard
@@ -395,9 +415,10 @@ class Trainer:
         return BatchStream(dataset, self.train.batch_size, self.config.seed, self.device,
                            workers=self.train.data_workers, position=position,
                            rank=self.processes.rank, world_size=self.processes.world_size,
-                           pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last)
+                           pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last,
+                           conditions=self.components.data.info.conditions, dataset_name=self.config.data.name)
 
-    def _step(self, step: int, batches: Iterator[torch.Tensor], averages: _Averages) -> None:
+    def _step(self, step: int, batches: Iterator[Batch], averages: _Averages) -> None:
         """One training step: every phase of the loss, each repeated as it asks, then the EMA update.
 
         Finite checks stay on the device (read at the next log, evaluation, sample
@@ -414,7 +435,7 @@ class Trainer:
                     if phase.uses_data or batch is None:
                         batch = next(batches)
                     with autocast(self.precision, self.device):
-                        loss, logs = self.components.loss.compute(phase, batch, self.bundle, step)
+                        loss, logs = self._compute(phase, batch, step)
                     if skip and not self._finite_everywhere(loss):
                         self.skipped_steps += 1
                         break
@@ -438,6 +459,16 @@ class Trainer:
                 optimizer.schedule.step()
         if self.ema is not None:
             self.ema.update(self.networks[self.bundle.sampling_network], step)
+
+    def _compute(self, phase: Phase, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss of one phase for one batch, given the batch's conditions and the run's sampler if it takes them."""
+        extras: dict[str, Any] = {}
+        if self._loss_takes["conditions"]:
+            extras["conditions"] = {name: value for name, value in batch.conditions.items()
+                                    if name in self.bundle.conditions}
+        if self._loss_takes["sampler"]:
+            extras["sampler"] = self.components.sampler
+        return self.components.loss.compute(phase, batch.samples, self.bundle, step, **extras)
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
         """Whether ``loss`` is finite in every process (read on the host: all processes skip together)."""
@@ -484,13 +515,14 @@ class Trainer:
         # every grid, so grids stay comparable, and training's random stream is left alone.
         generator = torch.Generator().manual_seed(self.config.seed + 3)
         with evaluating(network):
-            samples = self.components.sampler.sample(network, self.fixed_noise, generator=generator)
+            samples = conditions.sample(self.components.sampler, network, self.fixed_noise, self.fixed_conditions,
+                                        generator=generator)
         info = self.components.data.info
         path = self.run_dir / "samples" / f"step-{step:06d}.png"
         if info.preview == "scatter":
             save_scatter(samples, path, info.value_range, landmarks=info.landmarks)
         else:
-            save_grid(samples, path, info.value_range)
+            save_grid(samples, path, info.value_range, columns=self.grid_columns or None)
         if self.tensorboard is not None:
             import numpy as np
             from PIL import Image
@@ -505,9 +537,12 @@ class Trainer:
         network = self.sampling_network()
         generator = torch.Generator().manual_seed(self.config.seed + 2)
 
-        def draw(count: int) -> torch.Tensor:
+        def draw(count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
-            return self.components.sampler.sample(network, noise.to(self.device), generator=generator).float()
+            drawn = conditions.draw(self.bundle.conditions, count, generator, self.device)
+            samples = conditions.sample(self.components.sampler, network, noise.to(self.device), drawn,
+                                        generator=generator)
+            return samples.float(), drawn
 
         with evaluating(network):
             values = evaluate_metrics(self.components.metrics, draw, self.train.eval.samples, batch_size)

@@ -12,15 +12,17 @@ from PIL import Image, ImageDraw
 from .files import replacing
 
 
-def save_grid(images: torch.Tensor, path: Path, value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2) -> None:
-    """Write a batch of images ``(n, channels, height, width)`` as one PNG grid, as square as possible."""
+def save_grid(images: torch.Tensor, path: Path, value_range: tuple[float, float] = (-1.0, 1.0), padding: int = 2,
+              columns: int | None = None) -> None:
+    """Write a batch of images ``(n, channels, height, width)`` as one PNG grid: ``columns`` wide (one row per
+    class, for a conditional model), or as square as possible."""
     images = images.detach().float().cpu()
     low, high = value_range
     images = ((images - low) / (high - low)).clamp(0, 1)
     count, channels, height, width = images.shape
     if channels == 1:
         images = images.expand(-1, 3, -1, -1)
-    columns = math.ceil(math.sqrt(count))
+    columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     canvas = torch.ones(3, rows * (height + padding) + padding, columns * (width + padding) + padding)
     for index in range(count):

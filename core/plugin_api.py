@@ -26,7 +26,8 @@ This module does not import torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -131,6 +132,9 @@ class ModelBundle:
     must accept them, and refuses a config whose loss or sampler section contradicts them.
     ``batch_multiple``: the batch size must be a multiple of it (PacGAN packing
     judges that many samples together); checked by ``aigc-kit validate``.
+    ``conditions``: what the networks are conditioned on (``{"label": Condition(...)}``,
+    empty for an unconditional model); each network then takes them as keyword
+    arguments (``generator(z, label=labels)``, ``denoiser(x_t, t, label=labels)``).
     """
 
     networks: dict[str, Any]
@@ -138,6 +142,28 @@ class ModelBundle:
     noise_shape: tuple[int, ...]
     shared_options: dict[str, Any] = field(default_factory=dict)
     batch_multiple: int = 1
+    conditions: dict[str, Condition] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Something a dataset's samples come with, that a model can be conditioned on.
+
+    ``kind="label"``: a class label, an integer in ``range(len(classes))``;
+    ``classes`` are the classes' names, in label order. (Other kinds, a vector
+    or an embedding, would say their shape here.)
+    """
+
+    kind: Literal["label"] = "label"
+    classes: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """How many classes a label takes."""
+        return len(self.classes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "classes": list(self.classes)}
 
 
 @dataclass(frozen=True)
@@ -147,13 +173,40 @@ class DatasetInfo:
     ``shape`` is one sample's shape; samples are float tensors with values in
     ``value_range``; ``preview`` says how samples are pictured
     (``"grid"`` of images, or ``"scatter"`` for 2-D points, drawn over the
-    ``landmarks``, such as a mixture's mode centres).
+    ``landmarks``, such as a mixture's mode centres). ``conditions`` names
+    what each sample comes with (``{"label": Condition(classes=(...))}``);
+    a dataset with conditions yields mappings ``{"sample": tensor, "label": int}``,
+    one without yields the sample tensor itself.
     """
 
     shape: tuple[int, ...]
     value_range: tuple[float, float] = (-1.0, 1.0)
     preview: Literal["grid", "scatter"] = "grid"
     landmarks: tuple[tuple[float, ...], ...] = ()
+    conditions: dict[str, Condition] = field(default_factory=dict)
+
+
+SAMPLE_KEY = "sample"
+"""The key of the sample itself in a dataset item that carries conditions."""
+
+
+def sample_of(item: Any) -> Any:
+    """The sample of a dataset item: the item itself, or its ``"sample"`` when it carries conditions."""
+    return item[SAMPLE_KEY] if isinstance(item, Mapping) else item
+
+
+def accepts(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name`` (or any, through ``**kwargs``).
+
+    New arguments reach a plugin's methods only if it names them, as pluggy passes
+    hook arguments: a plugin written before conditions existed keeps working.
+    """
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(parameter.name == name or parameter.kind is inspect.Parameter.VAR_KEYWORD
+               for parameter in parameters)
 
 
 @dataclass

@@ -86,10 +86,10 @@ def test_data_workers_start_once_and_serve_every_epoch_in_the_same_order_as_the_
     from aigc_kit.core.data import BatchStream
 
     with_workers = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"), workers=1)
-    batches = [next(with_workers) for _ in range(6)]  # three epochs of two batches
+    batches = [next(with_workers).samples for _ in range(6)]  # three epochs of two batches
     assert len({int(pid) for batch in batches for pid in batch[:, 0]}) == 1  # one worker process throughout
     assert with_workers.position() == {"epoch": 2, "consumed": 8}
     in_process = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"))
-    assert [batch[:, 1].tolist() for batch in batches] == [next(in_process)[:, 1].tolist() for _ in range(6)]
+    assert [batch[:, 1].tolist() for batch in batches] == [next(in_process).samples[:, 1].tolist() for _ in range(6)]
     resumed = BatchStream(WorkerPids(), 4, seed=0, device=torch.device("cpu"), position={"epoch": 1, "consumed": 4})
-    assert [next(resumed)[:, 1].tolist() for _ in range(3)] == [batch[:, 1].tolist() for batch in batches[3:]]
+    assert [next(resumed).samples[:, 1].tolist() for _ in range(3)] == [batch[:, 1].tolist() for batch in batches[3:]]

@@ -135,7 +135,7 @@ def test_a_batch_stream_restarted_at_its_position_continues_with_the_same_batche
                             position=position) for rank in range(world_size)]
 
     def take(ranks, steps):
-        return [torch.cat([next(stream) for stream in ranks]).flatten().tolist() for _ in range(steps)]
+        return [torch.cat([next(stream).samples for stream in ranks]).flatten().tolist() for _ in range(steps)]
 
     uninterrupted = take(streams(), 12)
     first = streams()
@@ -149,9 +149,9 @@ def test_a_batch_stream_restarted_at_its_position_continues_with_the_same_batche
 def test_the_data_position_is_portable_across_process_counts():
     dataset = torch.arange(48).float()[:, None]
     single = BatchStream(dataset, 8, seed=1, device=torch.device("cpu"))
-    seen = [next(single) for _ in range(2)]
+    seen = [next(single).samples for _ in range(2)]
     pair = [BatchStream(dataset, 4, seed=1, device=torch.device("cpu"), rank=rank, world_size=2,
                         position=single.position()) for rank in range(2)]
-    rest = [torch.cat([next(stream) for stream in pair]) for _ in range(4)]
+    rest = [torch.cat([next(stream).samples for stream in pair]) for _ in range(4)]
     epoch = torch.cat(seen + rest).flatten()
     assert sorted(epoch.tolist()) == list(range(48))  # the epoch completes with each sample once

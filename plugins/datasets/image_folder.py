@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.plugin_api import DatasetBundle, DatasetInfo
+from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, DatasetInfo
 
 from .shapes import to_tensor
 
@@ -34,21 +35,27 @@ def eight_bit(image: Image.Image) -> Image.Image:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """The readable images under a folder; a file that fails to decode later is replaced by the next one."""
+    """The readable images under a folder; a file that fails to decode later is replaced by the next one.
 
-    def __init__(self, files: list[Path], resolution: int, channels: int) -> None:
-        self.files, self.resolution, self.channels = files, resolution, channels
+    With ``labels`` (one class index per file), each item is ``{"sample": image, "label": index}``.
+    """
+
+    def __init__(self, files: list[Path], resolution: int, channels: int, labels: list[int] | None = None) -> None:
+        self.files, self.resolution, self.channels, self.labels = files, resolution, channels, labels
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | dict[str, Any]:
         for offset in range(len(self.files)):
-            path = self.files[(index + offset) % len(self.files)]
+            position = (index + offset) % len(self.files)
+            path = self.files[position]
             try:
                 with Image.open(path) as image:
                     image = eight_bit(image).convert("L" if self.channels == 1 else "RGB")
                     fitted = ImageOps.fit(image, (self.resolution, self.resolution), Image.Resampling.BICUBIC)
+                if self.labels is not None:
+                    return {SAMPLE_KEY: to_tensor(fitted), "label": self.labels[position]}
                 return to_tensor(fitted)
             except UNREADABLE:
                 warnings.warn(f"skipping unreadable image {path}", stacklevel=2)
@@ -82,9 +89,30 @@ def image_folder_dataset(options) -> DatasetBundle:
     if unreadable:
         warnings.warn(f"{len(unreadable)} unreadable image file(s) under {root} skipped, e.g. {unreadable[0]}",
                       stacklevel=2)
+    labels, conditions = None, {}
+    if options.classes == "subfolders":
+        files, labels, classes = by_subfolder(root, files)
+        conditions = {"label": Condition(classes=classes)}
     if not files:
-        raise UserError(f"no readable images ({', '.join(options.extensions)}) under the folder",
+        raise UserError(f"no readable images ({', '.join(options.extensions)}) under the folder"
+                        + (" in class subfolders" if options.classes == "subfolders" else ""),
                         field="data.root", given=str(root),
                         hint="point data.root at a folder of PNG or JPEG files (searched recursively)")
-    dataset = ImageFolderDataset(files, options.resolution, options.channels)
-    return DatasetBundle(dataset, DatasetInfo(shape=(options.channels, options.resolution, options.resolution)))
+    dataset = ImageFolderDataset(files, options.resolution, options.channels, labels)
+    return DatasetBundle(dataset, DatasetInfo(shape=(options.channels, options.resolution, options.resolution),
+                                              conditions=conditions))
+
+
+def by_subfolder(root: Path, files: list[Path]) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """Each file's class: its top-level subfolder under ``root``, classes sorted by name as torchvision sorts them.
+
+    Files directly in ``root`` belong to no class: they are left out, with a warning.
+    """
+    outside = [path for path in files if path.parent == root]
+    if outside:
+        warnings.warn(f"{len(outside)} image(s) directly in {root} belong to no class subfolder and are left out, "
+                      f"e.g. {outside[0].name}", stacklevel=3)
+    inside = [path for path in files if path.parent != root]
+    classes = tuple(sorted({path.relative_to(root).parts[0] for path in inside}))
+    index = {name: position for position, name in enumerate(classes)}
+    return inside, [index[path.relative_to(root).parts[0]] for path in inside], classes

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.plugin_api import DatasetBundle, DatasetInfo
+from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, DatasetInfo
 
 KINDS = ("circle", "square", "triangle")
 SUPERSAMPLE = 4  # drawn larger, then downsampled, for smooth edges
@@ -55,22 +56,27 @@ def draw_labelled_shape(index: int, seed: int, resolution: int, kinds: tuple[str
 
 
 class ShapesDataset(torch.utils.data.Dataset):
-    """``size`` images; image i depends only on (seed, i), so workers and machines agree."""
+    """``size`` images; image i depends only on (seed, i), so workers and machines agree.
+
+    With ``labels``, each item is ``{"sample": image, "label": k}``, k the index of its kind in ``kinds``.
+    """
 
     def __init__(self, resolution: int, channels: int, size: int, seed: int, kinds: tuple[str, ...] = KINDS,
-                 backgrounds: str = "varied") -> None:
+                 backgrounds: str = "varied", labels: bool = False) -> None:
         self.resolution, self.channels, self.size, self.seed = resolution, channels, size, seed
-        self.kinds, self.backgrounds = kinds, backgrounds
+        self.kinds, self.backgrounds, self.labels = kinds, backgrounds, labels
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | dict[str, Any]:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        image, _ = draw_shape(index, self.seed, self.resolution, self.kinds, self.backgrounds)
+        image, kind = draw_shape(index, self.seed, self.resolution, self.kinds, self.backgrounds)
         if self.channels == 1:
             image = image.convert("L")
+        if self.labels:
+            return {SAMPLE_KEY: to_tensor(image), "label": self.kinds.index(kind)}
         return to_tensor(image)
 
     def kind(self, index: int) -> str:
@@ -93,6 +99,9 @@ def shapes_dataset(options) -> DatasetBundle:
     if unknown or not options.kinds:
         raise UserError("unknown shape kinds", field="data.kinds", given=list(options.kinds),
                         expected=f"a non-empty list of {', '.join(KINDS)}")
-    dataset = ShapesDataset(options.resolution, options.channels, options.size, options.seed, tuple(options.kinds),
-                            options.backgrounds)
-    return DatasetBundle(dataset, DatasetInfo(shape=(options.channels, options.resolution, options.resolution)))
+    kinds = tuple(options.kinds)
+    dataset = ShapesDataset(options.resolution, options.channels, options.size, options.seed, kinds,
+                            options.backgrounds, options.labels)
+    conditions = {"label": Condition(classes=kinds)} if options.labels else {}
+    return DatasetBundle(dataset, DatasetInfo(shape=(options.channels, options.resolution, options.resolution),
+                                              conditions=conditions))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.files import replacing
+from aigc_kit.core.plugin_api import sample_of
 
 CACHE_ENV = "AIGC_KIT_CACHE"
 
@@ -112,7 +113,7 @@ def dataset_fingerprint(dataset: Any) -> str:
     size = len(dataset)
     digest = hashlib.sha256(str(size).encode())
     for index in sorted({size * part // 16 for part in range(16)}):
-        item = torch.as_tensor(dataset[index]).float().contiguous()
+        item = torch.as_tensor(sample_of(dataset[index])).float().contiguous()
         digest.update(str(tuple(item.shape)).encode())
         digest.update(item.numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -135,7 +136,8 @@ def real_features(data: Any, extractor: Extractor, count: int, batch_size: int =
     if progress is not None:
         progress(f"computing the features of {count:,} real samples with {extractor.name} (cached at {path})")
     features = torch.cat([
-        extractor(torch.stack([torch.as_tensor(dataset[index]) for index in range(start, min(start + batch_size, count))]))
+        extractor(torch.stack([torch.as_tensor(sample_of(dataset[index]))
+                               for index in range(start, min(start + batch_size, count))]))
         for start in range(0, count, batch_size)])
     with replacing(path) as partial:  # a reader never sees half a file, and no partial one outlives a stop
         save_file({"features": features.contiguous()}, partial, metadata={k: str(v) for k, v in key.items()})

@@ -27,6 +27,7 @@ class MixtureOptions(Options):
     scale: float = Field(1.0, gt=0, description="Multiplies every point, centres and std alike (0.3536 = 1/2.828 as in WGAN-GP's toy script).")
     size: int = Field(100_000, ge=1, le=10**8, description="Points in an epoch, at most 10**8.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="The points are the same for the same seed.")
+    labels: bool = Field(False, description="Give each point its mode as a class label (mode-0, mode-1, ...).")
 
 
 class ModeCoverageOptions(Options):

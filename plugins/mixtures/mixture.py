@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.plugin_api import DatasetBundle, DatasetInfo
+from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, DatasetInfo
 
 DEFAULT_STD = {"ring": 0.02, "grid": 0.05}
 
@@ -24,34 +24,44 @@ def mixture_centres(layout: str, radius: float = 2.0, spacing: float = 2.0) -> n
 
 
 class MixtureDataset(torch.utils.data.Dataset):
-    """``size`` points drawn once from the mixture (equal weights); ``centres`` and ``std`` describe it."""
+    """``size`` points drawn once from the mixture (equal weights); ``centres`` and ``std`` describe it.
 
-    def __init__(self, centres: np.ndarray, std: float, size: int, seed: int) -> None:
+    With ``labels``, each item is ``{"sample": point, "label": its mode}``.
+    """
+
+    def __init__(self, centres: np.ndarray, std: float, size: int, seed: int, labels: bool = False) -> None:
         self.centres = centres
         self.std = std
         rng = np.random.default_rng(seed)
         modes = rng.integers(len(centres), size=size)
         self.points = torch.from_numpy((centres[modes] + std * rng.standard_normal((size, 2))).astype(np.float32))
+        self.modes = torch.from_numpy(modes) if labels else None
 
     def __len__(self) -> int:
         return len(self.points)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | dict[str, Any]:
+        if self.modes is not None:
+            return {SAMPLE_KEY: self.points[index], "label": int(self.modes[index])}
         return self.points[index]
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+    def __getitems__(self, indices: list[int]) -> torch.Tensor | dict[str, torch.Tensor]:
         """A whole batch at once: the DataLoader calls this instead of one __getitem__ per point."""
+        if self.modes is not None:
+            return {SAMPLE_KEY: self.points[indices], "label": self.modes[indices]}
         return self.points[indices]
 
 
 def mixture_dataset(options: Any) -> DatasetBundle:
     std = (options.std or DEFAULT_STD[options.layout]) * options.scale
     centres = mixture_centres(options.layout, options.radius, options.spacing) * options.scale
-    dataset = MixtureDataset(centres, std, options.size, options.seed)
+    dataset = MixtureDataset(centres, std, options.size, options.seed, options.labels)
     extent = float(np.abs(centres).max() + 6 * std) * 1.3
     landmarks = tuple((float(x), float(y)) for x, y in centres)
+    conditions = {"label": Condition(classes=tuple(f"mode-{index}" for index in range(len(centres))))} \
+        if options.labels else {}
     return DatasetBundle(dataset, DatasetInfo(shape=(2,), value_range=(-extent, extent), preview="scatter",
-                                              landmarks=landmarks))
+                                              landmarks=landmarks, conditions=conditions))
 
 
 class ModeCoverage:
