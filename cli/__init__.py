@@ -515,14 +515,23 @@ def _echo_export(report: dict[str, Any]) -> None:
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path),
               help="TensorRT: where its engines are kept (default: MODEL.onnx.trt-cache/ beside the model).")
 @click.option("--trt-fp16", is_flag=True, help="TensorRT: let it run fp32 layers in fp16 (on for an fp16 export).")
+@click.option("--label", "labels", multiple=True, metavar="CLASS",
+              help="Conditional models: the class to draw (a name or an index; repeat for several, one after the "
+                   "other), or 'all': -n images of every class, one grid row each. Default: random classes.")
+@click.option("--guidance", type=float, help="Conditional diffusion samplers: the classifier-free guidance scale "
+                                             "(default: the export's; 0 unconditional, 1 conditional).")
 def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
              batch_size: int, providers: str, threads: int | None, device_id: int, trt_cache: Path | None,
-             trt_fp16: bool) -> None:
+             trt_fp16: bool, labels: tuple[str, ...], guidance: float | None) -> None:
     """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
     from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.images import check_places, write_images
     from aigc_kit.exporters.runtime import OnnxGenerator
 
+    every_class = "all" in labels
+    if every_class and len(labels) > 1:
+        raise UserError("--label all draws every class; it takes no other labels", field="--label",
+                        given=" ".join(labels))
     check_places(count, out, out_dir)  # before the model loads: a bad place costs nothing
     try:
         generator = OnnxGenerator(model, providers=providers, threads=threads, device_id=device_id,
@@ -530,12 +539,43 @@ def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path
     except UserError as error:
         error.field = "--providers" if error.field == "providers" else error.field
         raise
-    written = write_images(generator, count, seed, out=out, out_dir=out_dir, batch_size=batch_size, steps=steps)
-    click.echo(f"generated {written.count} images of {written.height}x{written.width} on {generator.provider}")
+    try:
+        written = write_images(generator, count, seed, out=out, out_dir=out_dir, batch_size=batch_size,
+                               steps=steps, labels=_generate_labels(generator, labels, count), guidance=guidance,
+                               every_class=every_class)
+    except UserError as error:
+        error.field = {"label": "--label", "guidance": "--guidance"}.get(error.field or "", error.field)
+        raise
+    click.echo(f"generated {written.count} images of {written.height}x{written.width} on {generator.provider}"
+               + _conditions_shown(generator, labels, guidance))
     if written.grid is not None:
         click.echo(f"  grid: {written.grid}")
     if written.folder is not None:
         click.echo(f"  images: {written.folder}/00000.png .. {written.count - 1:05d}.png")
+
+
+def _generate_labels(generator: Any, labels: tuple[str, ...], count: int) -> Any:
+    """``generate``'s labels for ``--label``: none (random classes), one class for all, or several in turn."""
+    from aigc_kit.core.errors import UserError
+
+    if labels and not generator.classes:
+        raise UserError("this model takes no class labels (it was trained without them)", field="--label",
+                        file=str(generator.path), hint="drop --label")
+    if not labels or labels == ("all",):
+        return None
+    if len(labels) == 1:
+        return labels[0]
+    return [labels[index * len(labels) // count] for index in range(count)]  # in runs, in the order given
+
+
+def _conditions_shown(generator: Any, labels: tuple[str, ...], guidance: float | None) -> str:
+    """What ``generate`` drew, for its summary line: the classes and the guidance scale."""
+    if not generator.classes:
+        return ""
+    shown = ("every class (" + ", ".join(generator.classes) + ")" if labels == ("all",) else
+             "class " + ", ".join(labels) if labels else f"random classes of {len(generator.classes)}")
+    scale = guidance if guidance is not None else generator.guidance_scale
+    return f", {shown}" + (f", guidance {scale:g}" if scale is not None else "")
 
 
 @cli.command()

@@ -218,11 +218,18 @@ class DatasetBundle:
 
 
 class Loss(Protocol):
-    """A loss component: its phases, and the loss of one phase for one batch."""
+    """A loss component: its phases, and the loss of one phase for one batch.
+
+    ``compute`` may also take ``conditions`` (the batch's, for the conditions the
+    model takes: pass them to its networks as keyword arguments) and ``sampler``
+    (the run's, to draw training noise from its prior with :func:`training_noise`);
+    the loop passes each only to a ``compute`` that names it.
+    """
 
     phases: list[Phase]
 
-    def compute(self, phase: Phase, batch: Any, bundle: ModelBundle, step: int) -> tuple[Any, dict[str, float]]:
+    def compute(self, phase: Phase, batch: Any, bundle: ModelBundle, step: int, conditions: Any = None,
+                sampler: Any = None) -> tuple[Any, dict[str, float]]:
         """Return ``(loss, logs)``: a scalar tensor to minimise and floats to log under the phase's name."""
 
 
@@ -237,13 +244,17 @@ class Metric(Protocol):
 
 
 class Sampler(Protocol):
-    """A sampler: the prior noise, and the map from noise to images with the sampling network."""
+    """A sampler: the prior noise, and the map from noise to images with the sampling network.
+
+    A sampler for conditional models takes ``conditions`` (``{"label": LongTensor}``)
+    in :meth:`sample` and passes them to the network as keyword arguments.
+    """
 
     def noise(self, n: int, shape: tuple[int, ...], generator: Any = None, device: Any = None) -> Any:
         """Draw ``n`` noise samples of ``shape`` (a ``torch.Tensor`` of shape ``(n, *shape)``)."""
 
-    def sample(self, network: Any, noise: Any, generator: Any = None) -> Any:
-        """Turn ``noise`` into samples with ``network``; must be traceable for export."""
+    def sample(self, network: Any, noise: Any, generator: Any = None, conditions: Any = None) -> Any:
+        """Turn ``noise`` into samples with ``network`` (given ``conditions``); must be traceable for export."""
 
 
 class StepwiseSampler(Sampler, Protocol):
@@ -265,6 +276,17 @@ class StepwiseSampler(Sampler, Protocol):
         """One step from ``x_t`` at ``timestep`` to ``previous`` (ints, or 0-dim int64 tensors when traced)."""
 
 
+def training_noise(sampler: Any, n: int, shape: tuple[int, ...], device: Any = None) -> Any:
+    """The noise a network trains on: the sampler's prior, without its sampling-time tricks.
+
+    A sampler may offer ``training_noise(n, shape, device)`` for that (the
+    ``normal`` sampler draws untruncated latents there: truncation is for
+    sampling only); otherwise its ``noise`` is the prior.
+    """
+    draw = getattr(sampler, "training_noise", None) or sampler.noise
+    return draw(n, shape, device=device)
+
+
 def is_stepwise(sampler: Any) -> bool:
     """Whether ``sampler`` offers the :class:`StepwiseSampler` attributes."""
     return all(hasattr(sampler, name) for name in ("timesteps", "final_timestep", "uses_step_noise", "transition"))
@@ -281,7 +303,10 @@ class ExportRequest:
     one noise sample; ``sample_shape`` and ``value_range`` describe one sample the
     sampler returns; ``metadata`` is the run's provenance (producer, plugins and
     their versions, the config's hash), to be stored in the file; ``path`` is
-    where to write.
+    where to write. ``conditions`` are what the network is conditioned on
+    (``ModelBundle.conditions``: a label's classes), which the exported file
+    should take as inputs; ``model_options`` are the model's options, for an
+    exporter that needs more than the network.
     """
 
     network: Any
@@ -291,6 +316,8 @@ class ExportRequest:
     value_range: tuple[float, float]
     path: str
     metadata: dict[str, str] = field(default_factory=dict)
+    conditions: dict[str, Condition] = field(default_factory=dict)
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 class Exporter(Protocol):
@@ -303,8 +330,11 @@ class Exporter(Protocol):
         model disagrees with PyTorch, and leave no file at ``request.path``.
         """
 
-    def load(self, path: str) -> Callable[[Any], Any]:
-        """Optional: the written file as a function ``run(noise) -> samples`` on NumPy arrays.
+    def load(self, path: str) -> Callable[..., Any]:
+        """Optional: the written file as a function ``run(noise, **conditions) -> samples`` on NumPy arrays.
+
+        ``conditions`` are the file's condition inputs by name: ``label`` (int64, one
+        class per sample) for a conditional model, ``guidance_scale`` for a guided sampler.
 
         The conformance kit (:func:`aigc_kit.testing.check_exporter`) compares it with
         PyTorch; the ``onnx`` exporter offers it for generator and sampler graphs.

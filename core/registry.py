@@ -55,7 +55,7 @@ from pydantic import ValidationError
 
 from . import hookspecs
 from .errors import UserError, did_you_mean, from_validation_error
-from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec, DatasetBundle, ModelBundle
+from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec, DatasetBundle, ModelBundle, accepts
 
 DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
 STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
@@ -403,14 +403,17 @@ class Registry:
     def create(self, kind: str, name: str, /, **options: Any) -> Any:
         """Build the component ``name`` of ``kind`` from keyword options.
 
-        Models also accept ``data_shape`` (one sample's shape), which is passed
-        to the factory rather than validated as an option.
+        Models also accept ``data_shape`` (one sample's shape) and ``conditions``
+        (the data's, as a run passes them), which go to the factory rather than
+        being validated as options; ``conditions`` only to a factory that names it.
         """
         spec = self.spec(kind, name)
         data_shape = options.pop("data_shape", None) if kind == "model" else None
+        conditions = options.pop("conditions", None) if kind == "model" else None
         validated = self.options(kind, name, options)
         if kind == "model":
-            return spec.factory(validated, data_shape=data_shape)
+            extra = {"conditions": conditions} if conditions and accepts(spec.factory, "conditions") else {}
+            return spec.factory(validated, data_shape=data_shape, **extra)
         return spec.factory(validated)
 
     def build(self, kind: str, name: str, options: Any, *, field: str | None = None, **context: Any) -> Any:
@@ -424,6 +427,7 @@ class Registry:
         spec = self.spec(kind, name)
         record = self.records.get(spec.plugin)
         who = f"{kind} {name!r} of plugin {spec.plugin!r}" + (f" ({_provider(record)})" if record else "")
+        context = {key: value for key, value in context.items() if accepts(spec.factory, key)}
         try:
             built = spec.factory(options, **context)
         except UserError:

@@ -57,7 +57,7 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     data = registry.build("dataset", config.data.name, loaded.options["data"], field="data")
     with torch.device("meta") if model_on_meta else contextlib.nullcontext():
         model = registry.build("model", config.model.name, loaded.options["model"], field="model",
-                               data_shape=data.info.shape)
+                               data_shape=data.info.shape, conditions=data.info.conditions)
     for section in ("loss", "sampler"):
         loaded.options[section] = _with_shared_options(loaded, registry, section, model.shared_options)
     loss = registry.build("loss", config.loss.name, loaded.options["loss"], field="loss")
@@ -355,6 +355,8 @@ def _export_network(registry: Registry, loaded: LoadedConfig, network: Any, comp
         value_range=tuple(components.data.info.value_range),
         path=str(path),
         metadata=provenance(registry, loaded),
+        conditions=dict(components.model.conditions),
+        model_options=loaded.options["model"].model_dump(mode="json"),
     )
     return exporter.export(request)
 

@@ -55,13 +55,21 @@ def check_places(count: int, out: Path | None, out_dir: Path | None) -> None:
 
 
 def write_images(generator: Any, count: int, seed: int, *, out: Path | None, out_dir: Path | None,
-                 batch_size: int = 16, steps: int | None = None) -> Written:
-    """Generate ``count`` images with ``generator`` (an :class:`~.runtime.OnnxGenerator`) into ``out``/``out_dir``."""
-    check_places(count, out, out_dir)
+                 batch_size: int = 16, steps: int | None = None, labels: Any = None, guidance: float | None = None,
+                 every_class: bool = False) -> Written:
+    """Generate ``count`` images with ``generator`` (an :class:`~.runtime.OnnxGenerator`) into ``out``/``out_dir``.
+
+    ``labels`` and ``guidance`` are as :meth:`~.runtime.OnnxGenerator.generate` takes them. With
+    ``every_class``, ``count`` images of each class instead, one grid row per class, from the same noise: a
+    column shows one draw as every class.
+    """
+    runs = [(index, count) for index in range(len(generator.classes))] if every_class else [(labels, count)]
+    check_places(count * len(runs), out, out_dir)
     kept: list[np.ndarray] = []
     written = 0
     shape = (0, 0)
-    for batch in generator.batches(count, seed, batch_size=batch_size, steps=steps):
+    for batch in (batch for label, n in runs for batch in generator.batches(
+            n, seed, batch_size=batch_size, steps=steps, labels=label, guidance=guidance)):
         shape = batch.shape[1:3]
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,5 +82,5 @@ def write_images(generator: Any, count: int, seed: int, *, out: Path | None, out
             kept.append(batch)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        grid(np.concatenate(kept)).save(out)
+        grid(np.concatenate(kept), count if every_class else None).save(out)
     return Written(written, shape[0], shape[1], out, out_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,7 +24,9 @@ MAX_DIM = 65_536
 MAX_SAMPLE_ELEMENTS = 1 << 24
 """The most values one sample of an input or output may hold (16M: a 4096 x 4096 RGB image)."""
 MAX_STEPS = 10_000
-JSON_KEYS = ("inputs", "outputs", "sampling", "sampler_options", "validation", "components", "data")
+MAX_CLASSES = 10_000
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+JSON_KEYS = ("inputs", "outputs", "sampling", "sampler_options", "prior", "validation", "components", "data")
 """Keys whose values are JSON (the others are plain strings)."""
 
 
@@ -36,11 +38,14 @@ class TensorSpec(_Strict):
     """One input or output of the graph: its name, shape (``batch`` and ``steps`` are symbolic), type and meaning."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_./:-]{0,127}$")
-    shape: list[int | Literal["batch", "steps"]] = Field(min_length=1, max_length=8)
+    shape: list[int | Literal["batch", "steps"]] = Field(max_length=8)
     dtype: Literal["float32", "float16", "int64", "uint8"]
     semantics: str = Field("", max_length=500)
     optional: bool | None = None
-    default: list[int] | None = Field(None, max_length=MAX_STEPS)
+    default: Annotated[list[int], Field(max_length=MAX_STEPS)] | float | None = None
+    """An optional input's default: a sampler's timesteps, a guidance scale."""
+    classes: list[Name] | None = Field(None, min_length=2, max_length=MAX_CLASSES)
+    """A ``label`` input's class names, in index order."""
     latent_size: list[int] | None = None
     layout: Literal["NCHW", "NHWC"] | None = None
     channels: int | None = Field(None, ge=1, le=4)
@@ -65,6 +70,16 @@ class TensorSpec(_Strict):
         return value_range
 
 
+class Prior(_Strict):
+    """The noise a generator or sampler graph takes: ``normal`` (z ~ N(0, I), ``truncation``: redraw entries beyond
+    it) or ``sphere`` (normal, rescaled to ``radius``, default sqrt of its size); a plugin may name its own."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    truncation: float | None = Field(None, gt=0, le=100)
+    radius: float | None = Field(None, gt=0, le=1e6)
+
+
 class Sampling(_Strict):
     """How a sampler graph samples (empty for a generator)."""
 
@@ -86,6 +101,7 @@ class ModelMetadata(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1, max_length=4)
     sampling: Sampling = Field(default_factory=Sampling)
     sampler_options: dict[str, Any] = Field(default_factory=dict)
+    prior: Prior | None = None
     opset: str = Field("", max_length=8)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     validation: dict[str, Any] = Field(default_factory=dict)
@@ -184,10 +200,18 @@ def describe(info: dict[str, Any], path: str | Path) -> list[str]:
              f"  producer: {info.get('producer')}; config sha256 {str(info.get('config_sha256', '?'))[:16]}"]
     for direction in ("inputs", "outputs"):
         for spec in info.get(direction, []):
-            shape = "x".join(str(dimension) for dimension in spec["shape"])
+            shape = "x".join(str(dimension) for dimension in spec["shape"]) or "scalar"
             extra = f", range {spec['value_range']}, {spec.get('layout')}" if "value_range" in spec else ""
+            if "classes" in spec:
+                extra += "; classes " + ", ".join(spec["classes"][:20]) + (", ..." if len(spec["classes"]) > 20 else "")
+            if isinstance(spec.get("default"), float):
+                extra += f"; default {spec['default']:g}"
             lines.append(f"  {direction[:-1]} {spec['name']}: {spec['dtype']} {shape} - {spec.get('semantics', '')}"
                          f"{extra}")
+    prior = info.get("prior")
+    if prior:
+        lines.append("  noise: " + prior["kind"] + "".join(f", {key} {value}" for key, value in prior.items()
+                                                            if key != "kind"))
     if info.get("sampling"):
         lines.append("  sampling: " + ", ".join(f"{key} {value}" for key, value in info["sampling"].items()))
     for section, component in info.get("components", {}).items():

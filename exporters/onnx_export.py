@@ -42,7 +42,9 @@ from .onnx_graphs import (
     subpixel_transposed_convs,
     unroll_sampler,
     unrolled_step,
+    with_defaults,
 )
+from .onnx_inputs import GUIDANCE, LABEL, Conditioning, Graph, build_graph, export_copy, landing, resolve_graph
 from .runtime import from_pixels
 
 TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1, 1]-sized range
@@ -58,6 +60,15 @@ TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1,
 
 CALIBRATION_BATCH = 8
 """Samples per calibration batch of an unrolled sampler graph (the calibrator keeps every step's activations)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One validation run: a batch size, and optionally a step sequence or a guidance scale other than the export's."""
+
+    batch: int
+    timesteps: list[int] | None = None
+    guidance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,79 +110,6 @@ def sampler_layout(options: Any, what: str, steps: int) -> SamplerLayout:
     return SamplerLayout(unrolled=True, fp32_steps=fp32_steps)
 
 
-@dataclass
-class Graph:
-    """One graph to trace: the module, its inputs' names and dynamic axes, and inputs for a batch size."""
-
-    module: torch.nn.Module
-    input_names: list[str]
-    output_name: str
-    dynamic_axes: dict[str, dict[int, str]]
-    make_inputs: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
-
-
-class GeneratorGraph(torch.nn.Module):
-    """``z`` -> image: the sampler's own map from noise to samples, with the network as a submodule."""
-
-    def __init__(self, network: torch.nn.Module, sampler: Any) -> None:
-        super().__init__()
-        self.network = network
-        self.sampler = sampler
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.sampler.sample(self.network, z)
-
-
-class DenoiserGraph(torch.nn.Module):
-    """``(x_t, t)`` -> the denoiser's prediction."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.network(x_t, t)
-
-
-class StepGraph(torch.nn.Module):
-    """One sampler transition ``(x, timestep, previous[, noise])`` -> the next x; looped by :func:`loop_sampler`."""
-
-    def __init__(self, network: torch.nn.Module, sampler: Any) -> None:
-        super().__init__()
-        self.network = network
-        self.sampler = sampler
-
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, previous: torch.Tensor,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.sampler.transition(self.network, x, timestep, previous, noise)
-
-
-def export_copy(network: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``network`` on the CPU, in fp32 and eval mode, to trace and check.
-
-    The caller's network may live on a GPU, in bf16 or in train mode; tracing it
-    in place would move or convert it under its owner, and NumPy needs CPU
-    tensors to compare with onnxruntime.
-    """
-    return copy.deepcopy(network).to(device="cpu", dtype=torch.float32).eval()
-
-
-def resolve_graph(what: str, sampler: Any) -> str:
-    """The graph ``what`` asks for, checked against the sampler; ``auto`` picks the most useful one."""
-    stepwise = is_stepwise(sampler)
-    if what == "auto":
-        return "sampler" if stepwise else "generator"
-    if what == "sampler" and not stepwise:
-        return "generator"  # a noise-to-image sampler is its generator graph
-    if what == "denoiser" and not stepwise:
-        raise UserError("only a diffusion model's network is a denoiser; this sampler maps noise to images directly",
-                        field="export.what", expected="generator or sampler", given=what)
-    if what == "generator" and stepwise:
-        raise UserError("a diffusion model has no generator graph; export its denoiser, or the whole sampler",
-                        field="export.what", expected="denoiser or sampler", given=what)
-    return what
-
-
 class OnnxExporter:
     """Writes an ONNX file with a dynamic batch axis, then validates it (see :meth:`export`)."""
 
@@ -195,7 +133,7 @@ class OnnxExporter:
         layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
         started = time.perf_counter()
         with torch.no_grad(), evaluating(network):
-            graph = self._graph(what, network, sampler, request)
+            graph = build_graph(what, network, sampler, request)
             model = trace(graph, options.opset, options.export_batch_size, options.seed)
             rewritten = None
             if options.transposed_conv == "subpixel":
@@ -216,6 +154,8 @@ class OnnxExporter:
                 step_bytes = core.ByteSize()
                 model = loop_sampler(core, sampler.timesteps, sampler.final_timestep,
                                      uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape)
+            if what == "sampler":
+                model = with_defaults(model, graph.conditioning.defaults)
             if options.pixels == "uint8":
                 model = append_uint8_output(model, request.value_range)
         export_seconds = time.perf_counter() - started
@@ -257,8 +197,9 @@ class OnnxExporter:
 
     # -- what is traced ------------------------------------------------------------------------------------------
 
-    def load(self, path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-        """The exported file as a function of noise: ``run(noise) -> samples`` (NCHW floats, as PyTorch gives them).
+    def load(self, path: str | Path) -> Callable[..., np.ndarray]:
+        """The exported file as a function of noise: ``run(noise, **conditions) -> samples`` (NCHW floats, as
+        PyTorch gives them); ``conditions`` are the file's other inputs by name (``label=``, ``guidance_scale=``).
 
         For generator graphs and samplers without step noise; a denoiser takes more than noise.
         """
@@ -266,45 +207,21 @@ class OnnxExporter:
 
         session = open_session(path)
         metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
-        inputs = [spec["name"] for spec in metadata["inputs"] if spec["name"] != "timesteps"]
+        conditions = {LABEL, GUIDANCE, "timesteps"}
+        inputs = [spec["name"] for spec in metadata["inputs"] if spec["name"] not in conditions]
         if len(inputs) != 1:
             raise UserError(f"this {metadata['graph']} graph takes {', '.join(inputs)}, not noise alone",
                             file=str(path), hint="run it with onnxruntime directly")
         output = metadata["outputs"][0]
+        dtypes = {spec["name"]: np.int64 if spec["dtype"] == "int64" else np.float32 for spec in metadata["inputs"]}
 
-        def run(noise: np.ndarray) -> np.ndarray:
-            result = session.run([output["name"]], {inputs[0]: np.asarray(noise, dtype=np.float32)})[0]
+        def run(noise: np.ndarray, **given: Any) -> np.ndarray:
+            feeds = {inputs[0]: np.asarray(noise, dtype=np.float32)}
+            feeds.update({name: np.asarray(value, dtype=dtypes[name]) for name, value in given.items()})
+            result = session.run([output["name"]], feeds)[0]
             return from_pixels(result, tuple(output["value_range"])) if output["dtype"] == "uint8" else result
 
         return run
-
-    def _graph(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest) -> Graph:
-        noise_shape, sample_shape = tuple(request.noise_shape), tuple(request.sample_shape)
-        if what == "generator":
-            return Graph(GeneratorGraph(network, sampler), ["z"], "image", {"z": {0: "batch"}},
-                         lambda n, g: {"z": sampler.noise(n, noise_shape, generator=g)})
-        if what == "denoiser":
-            total = sampler.schedule.num_train_timesteps if hasattr(sampler, "schedule") else max(sampler.timesteps) + 1
-
-            def denoiser_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-                return {"x_t": torch.randn(n, *sample_shape, generator=g),
-                        "t": torch.randint(0, total, (n,), generator=g)}
-
-            return Graph(DenoiserGraph(network), ["x_t", "t"], "prediction",
-                         {"x_t": {0: "batch"}, "t": {0: "batch"}}, denoiser_inputs)
-
-        def step_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-            index = int(torch.randint(0, len(sampler.timesteps), (1,), generator=g))
-            previous = _previous(sampler, index)
-            inputs = {"x": torch.randn(n, *sample_shape, generator=g),
-                      "timestep": torch.tensor(sampler.timesteps[index]), "previous": torch.tensor(previous)}
-            if sampler.uses_step_noise:
-                inputs["noise"] = torch.randn(n, *sample_shape, generator=g)
-            return inputs
-
-        names = ["x", "timestep", "previous"] + (["noise"] if sampler.uses_step_noise else [])
-        axes = {name: {0: "batch"} for name in ("x", "noise") if name in names}
-        return Graph(StepGraph(network, sampler), names, "x_next", axes, step_inputs)
 
     def _calibration(self, what: str, network: torch.nn.Module, sampler: Any, request: ExportRequest,
                      graph: Graph, unrolled: bool = False) -> list[dict[str, np.ndarray]]:
@@ -316,32 +233,38 @@ class OnnxExporter:
         """
         generator = torch.Generator().manual_seed(self.options.seed + 2)
         count = self.options.calibration_samples
+        conditioning = graph.conditioning
         if what == "generator":
             return [_numpy(graph.make_inputs(count, generator))]
         if unrolled:
             batches = []
             for start in range(0, count, CALIBRATION_BATCH):
                 n = min(CALIBRATION_BATCH, count - start)
-                feed = {"noise": sampler.noise(n, tuple(request.noise_shape), generator=generator).float().numpy()}
+                feed = {"noise": sampler.noise(n, tuple(request.noise_shape), generator=generator).float(),
+                        **conditioning.draw(n, generator)}
                 if sampler.uses_step_noise:
-                    shape = (len(sampler.timesteps), n, *request.sample_shape)
-                    feed["step_noise"] = torch.randn(shape, generator=generator).numpy()
-                batches.append(feed)
+                    feed["step_noise"] = torch.randn(len(sampler.timesteps), n, *request.sample_shape,
+                                                     generator=generator)
+                batches.append(_numpy(feed))
             return batches
         feeds: list[dict[str, np.ndarray]] = []
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
+        drawn = conditioning.draw(count, generator)
+        guided = {**conditioning.sampling_conditions(drawn), "guidance_scale": conditioning.guidance or 1.0}
         for index, timestep in enumerate(sampler.timesteps):
-            previous = _previous(sampler, index)
+            previous = landing(sampler, index)
             noise = torch.randn(x.shape, generator=generator) if sampler.uses_step_noise else None
             if what == "denoiser":
-                feeds.append({"x_t": x.numpy(), "t": np.full((count,), timestep, dtype=np.int64)})
+                feed = {"x_t": x, "t": torch.full((count,), timestep, dtype=torch.long)}
+                if LABEL in drawn:  # a guided sampler calls the denoiser without a class and with one
+                    feed = {"x_t": torch.cat([x, x]), "t": torch.cat([feed["t"], feed["t"]]),
+                            LABEL: torch.cat([torch.full_like(drawn[LABEL], -1), drawn[LABEL]])}
             else:
-                feed = {"x": x.numpy(), "timestep": np.asarray(timestep, dtype=np.int64),
-                        "previous": np.asarray(previous, dtype=np.int64)}
+                feed = {"x": x, "timestep": torch.tensor(timestep), "previous": torch.tensor(previous), **drawn}
                 if noise is not None:
-                    feed["noise"] = noise.numpy()
-                feeds.append(feed)
-            x = sampler.transition(network, x, timestep, previous, noise)
+                    feed["noise"] = noise
+            feeds.append(_numpy(feed))
+            x = sampler.transition(network, x, timestep, previous, noise, **guided)
         return feeds
 
     def _tolerance(self, what: str) -> tuple[float, float]:
@@ -363,20 +286,24 @@ class OnnxExporter:
         output = session.get_outputs()[0].name
         generator = torch.Generator().manual_seed(options.seed + 1)
         batch_sizes = sorted({options.export_batch_size, *options.validate_batch_sizes})
-        cases: list[tuple[int, list[int] | None]] = [(batch, None) for batch in batch_sizes]
+        cases = [Case(batch) for batch in batch_sizes]
         takes_timesteps = any(value.name == "timesteps" for value in session.get_overridable_initializers())
         if what == "sampler" and takes_timesteps and len(sampler.timesteps) > 1:
-            cases.append((batch_sizes[0], sampler.timesteps[::2]))  # a step count chosen at run time
+            cases.append(Case(batch_sizes[0], timesteps=sampler.timesteps[::2]))  # a step count chosen at run time
+        if graph.conditioning.guidance is not None:  # guidance chosen at run time: none, and more than the default
+            cases += [Case(batch_sizes[0], guidance=w) for w in (0.0, graph.conditioning.guidance + 2.0)]
         results = []
-        for batch, timesteps in cases:
-            inputs, expected = self._case(what, graph, network, sampler, request, batch, timesteps, generator)
+        for case in cases:
+            inputs, expected = self._case(what, graph, network, sampler, request, case, generator)
             actual = session.run([output], _numpy(inputs))[0]
             if options.pixels == "uint8":
                 actual = from_pixels(actual, request.value_range)
             atol = tolerance[0] + (_half_level(request.value_range) if options.pixels == "uint8" else 0.0)
-            result = compare(expected, actual, atol, tolerance[1], batch)
-            if timesteps is not None:
-                result["steps"] = len(timesteps)
+            result = compare(expected, actual, atol, tolerance[1], case.batch)
+            if case.timesteps is not None:
+                result["steps"] = len(case.timesteps)
+            if GUIDANCE in inputs:
+                result["guidance_scale"] = float(inputs[GUIDANCE])
             results.append(result)
         report = {
             "batch_sizes": batch_sizes,
@@ -392,6 +319,7 @@ class OnnxExporter:
             raise ValidationFailed(
                 f"onnxruntime disagrees with PyTorch at batch size {worst['batch_size']}"
                 + (f" with {worst['steps']} steps" if "steps" in worst else "")
+                + (f" at guidance scale {worst['guidance_scale']:g}" if "guidance_scale" in worst else "")
                 + f": max abs error {worst['max_abs_error']:.3g} at index {worst['where']} "
                 f"(allowed {tolerance[0]:g} + {tolerance[1]:g} x |expected|; precision {options.precision})",
                 report,
@@ -399,27 +327,28 @@ class OnnxExporter:
         return report
 
     def _case(self, what: str, graph: Graph, network: torch.nn.Module, sampler: Any, request: ExportRequest,
-              batch: int, timesteps: list[int] | None,
-              generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+              case: Case, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         """Inputs of one check and PyTorch's output for them (float, NCHW)."""
-        if what == "generator":
-            z = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
-            return {"z": z}, sampler.sample(network, z).float().numpy()
-        if what == "denoiser":
+        batch, timesteps = case.batch, case.timesteps
+        if what != "sampler":  # a denoiser's labels include "no class" (-1), which guided sampling passes it
             inputs = graph.make_inputs(batch, generator)
-            return inputs, network(inputs["x_t"], inputs["t"]).float().numpy()
+            if what == "denoiser" and LABEL in inputs:
+                inputs[LABEL][::2] = -1
+            return inputs, graph.module(*(inputs[name] for name in graph.input_names)).float().numpy()
         if timesteps is not None:
             sampler = copy.copy(sampler)
             sampler.timesteps = list(timesteps)
         noise = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
-        inputs = {"noise": noise}
+        inputs = {"noise": noise, **graph.conditioning.draw(batch, generator, case.guidance)}
         step_noise = None
         if sampler.uses_step_noise:
             step_noise = torch.randn(len(sampler.timesteps), *noise.shape, generator=generator)
             inputs["step_noise"] = step_noise
         if timesteps is not None:
             inputs["timesteps"] = torch.tensor(timesteps, dtype=torch.long)
-        return inputs, sampler.sample(network, noise, step_noise=step_noise).float().numpy()
+        expected = sampler.sample(network, noise, step_noise=step_noise,
+                                  **graph.conditioning.sampling_conditions(inputs))
+        return inputs, expected.float().numpy()
 
     def _reference_check(self, core: onnx.ModelProto, what: str, graph: Graph, tolerance: tuple[float, float],
                          layout: SamplerLayout, sampler: Any) -> dict[str, Any]:
@@ -437,8 +366,8 @@ class OnnxExporter:
             index = layout.fp32_steps
             core = unrolled_step(core, index)
             inputs = {**inputs, "timestep": torch.tensor(sampler.timesteps[index]),
-                      "previous": torch.tensor(_previous(sampler, index))}
-            feeds = {"x": inputs["x"]}
+                      "previous": torch.tensor(landing(sampler, index))}
+            feeds = {"x": inputs["x"], **{name: inputs[name] for name in graph.conditioning.names}}
             if sampler.uses_step_noise:
                 feeds["step_noise"] = torch.randn(len(sampler.timesteps), *inputs["x"].shape, generator=generator)
                 inputs["noise"] = feeds["step_noise"][index]
@@ -485,6 +414,7 @@ class OnnxExporter:
                 inputs.append({"name": "timesteps", "shape": ["steps"], "dtype": "int64", "optional": True,
                                "semantics": "decreasing timesteps to visit; defaults to the export's",
                                "default": list(sampler.timesteps)})
+        inputs += Conditioning.of(request, what, sampler).specs(what)
         if options.pixels == "uint8":
             outputs = [{"name": "pixels", "shape": ["batch", *sample_shape[1:], sample_shape[0]], "dtype": "uint8",
                         "layout": "NHWC", "semantics": "image pixels, 0-255", **image}]
@@ -510,6 +440,7 @@ class OnnxExporter:
         return metadata_properties({
             "family": "diffusion" if is_stepwise(sampler) else "generator", "graph": what, "inputs": inputs,
             "outputs": outputs, "sampling": sampler_info, "opset": str(options.opset),
+            "prior": getattr(sampler, "prior", None),
             "precision": options.precision, "validation": validation,
         }, request.metadata)
 
@@ -519,11 +450,11 @@ def trace(graph: Graph, opset: int, batch: int, seed: int) -> onnx.ModelProto:
     graph.module.eval()
     example = graph.make_inputs(batch, torch.Generator().manual_seed(seed))
     dims: dict[str, torch.export.Dim] = {}
-    dynamic_shapes = {
-        name: {axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=65536))
-               for axis, label in graph.dynamic_axes.get(name, {}).items()} or None
+    dynamic_shapes = (tuple(  # one entry, ``*values``: the graph modules take their inputs in input order
+        {axis: dims.setdefault(label, torch.export.Dim(label, min=1, max=65536))
+         for axis, label in graph.dynamic_axes.get(name, {}).items()} or None
         for name in graph.input_names
-    }
+    ),)
     with _quiet_exporter():
         program = torch.onnx.export(
             graph.module,
@@ -598,11 +529,6 @@ def _reference_qdq_ops() -> list[type]:
 
     return [type("DequantizeLinear", (newest(op_dequantize_linear, "DequantizeLinear"),), {"op_domain": ""}),
             type("QuantizeLinear", (newest(op_quantize_linear, "QuantizeLinear"),), {"op_domain": ""})]
-
-
-def _previous(sampler: Any, index: int) -> int:
-    """The timestep a stepwise sampler lands on after ``timesteps[index]``."""
-    return sampler.timesteps[index + 1] if index + 1 < len(sampler.timesteps) else sampler.final_timestep
 
 
 def _numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ Only ``onnx`` is imported here: these functions take and return ``onnx.ModelProt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -25,13 +25,14 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     (x_T), ``step_noise`` (``(steps, batch, *sample_shape)``, only when the sampler
     adds noise at each step) and ``timesteps``, an input whose default is the
     export's sequence, so a caller may pass another decreasing sequence and
-    choose the step count at run time. The step's weights stay in the outer
-    graph, once, and the body refers to them: the file is no bigger than one step.
+    choose the step count at run time. The step's weights live in the body,
+    once: the file is no bigger than one step.
+
+    Step inputs after those (a ``label``, a ``guidance_scale``) are the same at
+    every step: they become inputs of the whole graph (:func:`with_defaults`
+    gives them default values).
     """
-    step_inputs = [value.name for value in step.graph.input]
-    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
-    if step_inputs != expected:
-        raise ValueError(f"the step graph's inputs are {step_inputs}, expected {expected}")
+    invariant = _invariant_inputs(step, uses_step_noise)
     rename = _prefixer("step/")
     body_graph = onnx.GraphProto()
     body_graph.CopyFrom(step.graph)
@@ -51,6 +52,8 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     ]
     if uses_step_noise:
         head.append(helper.make_node("Gather", ["step_noise", index], [rename("noise")], name="step/take_noise"))
+    head += [helper.make_node("Identity", [value.name], [rename(value.name)], name=f"step/take_{value.name}")
+             for value in invariant]
     body = helper.make_graph(
         head + list(body_graph.node),
         "sampler_step",
@@ -81,6 +84,7 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
         inputs.append(helper.make_tensor_value_info("step_noise", TensorProto.FLOAT, [STEPS, *image_type]))
     # An input with an initializer of the same name: the initializer is its default value.
     inputs.append(helper.make_tensor_value_info("timesteps", TensorProto.INT64, [STEPS]))
+    inputs += invariant
     graph = helper.make_graph(
         outer_nodes, "sampler", inputs, [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_type)],
         initializer=constants,
@@ -104,11 +108,10 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
     can be told apart by name (:func:`unrolled_step`). With
     ``second_weights_from`` k, steps from k on read a second copy of the
     weights, so that quantizing those steps leaves the first k in fp32.
+    Inputs the same at every step are inputs of the whole graph, as in
+    :func:`loop_sampler`.
     """
-    step_inputs = [value.name for value in step.graph.input]
-    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
-    if step_inputs != expected:
-        raise ValueError(f"the step graph's inputs are {step_inputs}, expected {expected}")
+    invariant = _invariant_inputs(step, uses_step_noise)
     weights = {tensor.name for tensor in step.graph.initializer}
     initializers = list(step.graph.initializer)
     if second_weights_from is not None:
@@ -126,7 +129,7 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
             nodes.append(helper.make_node("Gather", ["step_noise", prefix + "index"], [prefix + "noise"],
                                           name=prefix + "take_noise"))
         outer = {"x": x, "timestep": prefix + "timestep", "previous": prefix + "previous", "noise": prefix + "noise",
-                 step.graph.output[0].name: prefix + "x"}
+                 step.graph.output[0].name: prefix + "x", **{value.name: value.name for value in invariant}}
 
         def rename(name: str, prefix: str = prefix, outer: dict[str, str] = outer, late: bool = late) -> str:
             if not name:
@@ -152,6 +155,7 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
     inputs = [helper.make_tensor_value_info("noise", TensorProto.FLOAT, image_type)]
     if uses_step_noise:
         inputs.append(helper.make_tensor_value_info("step_noise", TensorProto.FLOAT, [len(timesteps), *image_type]))
+    inputs += invariant
     graph = helper.make_graph(nodes, "sampler", inputs,
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, image_type)],
                               initializer=initializers)
@@ -163,9 +167,9 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
 
 
 def unrolled_step(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
-    """Step ``index`` of an :func:`unroll_sampler` graph alone: ``x`` [, ``step_noise``] -> ``x_next``."""
+    """Step ``index`` of an :func:`unroll_sampler` graph alone: ``x`` and the graph's other inputs -> ``x_next``."""
     source = "noise" if index == 0 else f"step{index - 1}/x"
-    inputs = [source] + (["step_noise"] if any(value.name == "step_noise" for value in model.graph.input) else [])
+    inputs = [source] + [value.name for value in model.graph.input if value.name != "noise"]
     typed = onnx.shape_inference.infer_shapes(model)  # the extractor needs the types of the values it cuts at
     extracted = onnx.utils.Extractor(typed).extract_model(inputs, [f"step{index}/x"])
     for value in extracted.graph.input:
@@ -177,6 +181,38 @@ def unrolled_step(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
         node.input[:] = ["x" if name == source else name for name in node.input]
         node.output[:] = ["x_next" if name == f"step{index}/x" else name for name in node.output]
     return extracted
+
+
+def _invariant_inputs(step: onnx.ModelProto, uses_step_noise: bool) -> list[onnx.ValueInfoProto]:
+    """The step graph's inputs after ``x, timestep, previous[, noise]``; an error if those do not come first."""
+    names = [value.name for value in step.graph.input]
+    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
+    if names[:len(expected)] != expected:
+        raise ValueError(f"the step graph's inputs are {names}, expected {expected} first")
+    return [_copied(value) for value in step.graph.input[len(expected):]]
+
+
+def with_defaults(model: onnx.ModelProto, defaults: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """``model`` with default values for some of its inputs (an input's initializer of the same name is its default).
+
+    Added last, after any precision change: a converter would turn a float default into fp16, and onnxruntime's
+    calibration sessions warn about every initializer that is also an input.
+    """
+    inputs = {value.name for value in model.graph.input}
+    unknown = sorted(set(defaults) - inputs)
+    if unknown:
+        raise ValueError(f"defaults for inputs the graph does not take: {unknown}")
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    result.graph.initializer.extend(numpy_helper.from_array(np.asarray(value), name)
+                                    for name, value in defaults.items())
+    return result
+
+
+def _copied(message: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    copied = onnx.ValueInfoProto()
+    copied.CopyFrom(message)
+    return copied
 
 
 def _renamed_tensor(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:

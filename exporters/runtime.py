@@ -183,6 +183,11 @@ class OnnxGenerator:
                 f"this model is a {graph} graph; only generator and sampler graphs turn noise into images",
                 file=str(self.path), hint="export with --what sampler",
             )
+        self.prior = self.metadata.get("prior") or {"kind": "normal"}  # exports before priors were recorded
+        if self.prior["kind"] not in PRIORS:
+            raise UserError(f"this model takes noise from a {self.prior['kind']!r} prior, which this runtime cannot "
+                            "draw", file=str(self.path), expected=", ".join(PRIORS),
+                            hint="draw the noise yourself and run the model with onnxruntime")
         self.output = self.metadata["outputs"][0]
         if len(self.output["shape"]) != 4:
             raise UserError(f"this model's samples are not images (output shape {self.output['shape']})",
@@ -195,17 +200,37 @@ class OnnxGenerator:
             return len(timesteps["default"])
         return (self.metadata.get("sampling") or {}).get("steps")
 
+    @property
+    def classes(self) -> list[str]:
+        """The class names a conditional model's ``label`` input takes, in index order; empty if it takes none."""
+        label = self._input("label")
+        return list(label.get("classes") or []) if label else []
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The default classifier-free guidance of a conditional diffusion sampler; None if it takes none."""
+        guidance = self._input("guidance_scale")
+        return float(guidance["default"]) if guidance else None
+
     def generate(self, n: int, seed: int = 0, *, batch_size: int = 16, steps: int | None = None,
-                 timesteps: Sequence[int] | None = None) -> np.ndarray:
+                 timesteps: Sequence[int] | None = None, labels: Labels = None,
+                 guidance: float | None = None) -> np.ndarray:
         """``n`` images as uint8, ``(n, height, width, channels)``, from NumPy noise seeded by ``seed``.
 
         For a diffusion sampler, ``steps`` picks another step count (the export's
-        spacing), or ``timesteps`` gives the decreasing sequence itself.
+        spacing), or ``timesteps`` gives the decreasing sequence itself. For a
+        conditional model, ``labels`` are the classes to draw (see
+        :meth:`labels`; default: random ones) and ``guidance`` the guidance scale
+        of a diffusion sampler (default: the export's). The noise depends on the
+        seed alone, so that one seed with other labels draws "the same" images of
+        other classes.
         """
-        return np.concatenate(list(self.batches(n, seed, batch_size=batch_size, steps=steps, timesteps=timesteps)))
+        return np.concatenate(list(self.batches(n, seed, batch_size=batch_size, steps=steps, timesteps=timesteps,
+                                                labels=labels, guidance=guidance)))
 
     def batches(self, n: int, seed: int = 0, *, batch_size: int = 16, steps: int | None = None,
-                timesteps: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+                timesteps: Sequence[int] | None = None, labels: Labels = None,
+                guidance: float | None = None) -> Iterator[np.ndarray]:
         """The images of :meth:`generate`, one batch at a time (so that any number fits in memory)."""
         if n < 1:
             raise UserError("the number of images must be at least 1", field="n", given=n)
@@ -214,14 +239,58 @@ class OnnxGenerator:
         if batch_size < 1:
             raise UserError("the batch size must be at least 1", field="batch_size", given=batch_size)
         sequence = self._timesteps(steps, timesteps)
+        chosen = self.labels(labels, n, np.random.default_rng([seed, 1]))
+        self._check_guidance(guidance)
         rng = np.random.default_rng(seed)
         for start in range(0, n, batch_size):
             batch = min(batch_size, n - start)
-            feeds = self.feeds(batch, rng, sequence)
+            feeds = self.feeds(batch, rng, sequence, None if chosen is None else chosen[start:start + batch],
+                               guidance)
             output = self.session.run([self.output["name"]], feeds)[0]
             if self.output["dtype"] != "uint8":
                 output = to_pixels(output, tuple(self.output["value_range"]))
             yield output
+
+    def labels(self, labels: Labels, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        """``n`` class indices for ``labels``: one class (a name or an index) for all, one per image, or None for
+        random ones; None for a model without classes (which refuses labels)."""
+        classes = self.classes
+        if not classes:
+            if labels is not None:
+                raise UserError("this model takes no class labels (it was trained without them)", field="label",
+                                file=str(self.path), hint="drop --label")
+            return None
+        if labels is None:
+            return rng.integers(0, len(classes), n, dtype=np.int64)
+        several = not isinstance(labels, str | int | np.integer)
+        chosen = [self._class_index(label) for label in (labels if several else [labels])]
+        if several and len(chosen) != n:
+            raise UserError(f"{len(chosen)} labels for {n} images", field="label", hint="give one, or one per image")
+        return np.asarray(chosen if several else chosen * n, dtype=np.int64)
+
+    def _class_index(self, label: str | int) -> int:
+        classes = self.classes
+        if isinstance(label, str) and label in classes:
+            return classes.index(label)
+        try:
+            index = int(label)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(classes):
+            shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} classes)" if len(classes) > 20 else "")
+            raise UserError("no such class", field="label", given=label,
+                            expected=f"a class name or index 0 to {len(classes) - 1}: {shown}", file=str(self.path))
+        return index
+
+    def _check_guidance(self, guidance: float | None) -> None:
+        if guidance is None:
+            return
+        if self.guidance_scale is None:
+            raise UserError("this model takes no guidance scale (only a class-conditional diffusion sampler does)",
+                            field="guidance", given=guidance, file=str(self.path), hint="drop --guidance")
+        if not (math.isfinite(guidance) and 0 <= guidance <= 100):
+            raise UserError("the guidance scale is from 0 to 100", field="guidance", given=guidance,
+                            hint="1 is plain conditional sampling, 0 unconditional; 2 to 5 is common")
 
     def _timesteps(self, steps: int | None, timesteps: Sequence[int] | None) -> list[int] | None:
         if steps is None and timesteps is None:
@@ -247,9 +316,10 @@ class OnnxGenerator:
         except ValueError as exc:
             raise UserError(str(exc), field="steps", given=steps) from None
 
-    def feeds(self, batch: int, rng: np.random.Generator,
-              timesteps: list[int] | None = None) -> dict[str, np.ndarray]:
-        """The graph's inputs for ``batch`` images: standard normal noise from ``rng`` (and ``timesteps``, if given)."""
+    def feeds(self, batch: int, rng: np.random.Generator, timesteps: list[int] | None = None,
+              labels: np.ndarray | None = None, guidance: float | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``batch`` images: noise from ``rng`` as the model's prior says (``timesteps``,
+        ``labels`` and ``guidance`` if given; random labels from ``rng`` for a conditional model if not)."""
         feeds: dict[str, np.ndarray] = {}
         steps = len(timesteps) if timesteps is not None else self.default_steps()
         for spec in self.metadata["inputs"]:
@@ -258,12 +328,41 @@ class OnnxGenerator:
                 if timesteps is not None:
                     feeds[name] = np.asarray(timesteps, dtype=np.int64)
                 continue
+            if name == "guidance_scale":
+                if guidance is not None:
+                    feeds[name] = np.asarray(guidance, dtype=np.float32)
+                continue
+            if name == "label":
+                feeds[name] = labels if labels is not None else self.labels(None, batch, rng)
+                continue
             shape = [batch if dim == "batch" else steps if dim == "steps" else int(dim) for dim in spec["shape"]]
-            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+            prior = self.prior if name in ("z", "noise") else {"kind": "normal"}
+            feeds[name] = draw_noise(prior, shape, rng)
         return feeds
 
     def _input(self, name: str) -> dict[str, Any] | None:
         return next((spec for spec in self.metadata["inputs"] if spec["name"] == name), None)
+
+
+PRIORS = ("normal", "sphere")
+Labels = str | int | Sequence[str | int] | None
+"""A class name or index for every image, one per image, or None (random classes)."""
+
+
+def draw_noise(prior: dict[str, Any], shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Noise of ``shape`` (batch first) from ``prior`` (see :class:`.metadata.Prior`), as float32."""
+    z = rng.standard_normal(shape, dtype=np.float32)
+    truncation = prior.get("truncation")
+    if prior["kind"] == "normal" and truncation is not None:
+        outside = np.abs(z) > truncation
+        while outside.any():
+            z[outside] = rng.standard_normal(int(outside.sum()), dtype=np.float32)
+            outside = np.abs(z) > truncation
+    if prior["kind"] == "sphere":
+        flat = z.reshape(z.shape[0], -1)
+        radius = prior.get("radius") or math.sqrt(flat.shape[1])
+        z = (flat * (radius / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12))).reshape(z.shape)
+    return z.astype(np.float32, copy=False)
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",

@@ -46,7 +46,8 @@ def test_plugins_json_lists_every_builtin_with_components_and_options():
     assert records["onnx"]["hooks"] == ["aigc_register_exporters"]
     models = {c["name"]: c for c in data["components"]["model"]}
     assert models["dcgan"]["description"].startswith("DCGAN")
-    assert {"resolution", "channels", "latent_dim", "width", "pack"} == {o["name"] for o in models["dcgan"]["options"]}
+    assert {"resolution", "channels", "latent_dim", "width", "pack", "conditional"} == {
+        o["name"] for o in models["dcgan"]["options"]}
 
 
 def test_plugins_listing_shows_a_failed_plugin_with_its_distribution(plugin_distribution):

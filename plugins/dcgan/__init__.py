@@ -14,7 +14,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl, square_image_size
+from aigc_kit.core.plugin_api import ComponentSpec, Condition, ModelBundle, Options, hookimpl, square_image_size
+from aigc_kit.plugins.common import CONDITIONAL_HELP, ConditionalOption, model_conditions, refuse_packing_with_labels
 
 
 class DcganOptions(Options):
@@ -26,6 +27,8 @@ class DcganOptions(Options):
     width: int = Field(64, gt=0, le=1024, description="Base width: feature maps of the last generator / first "
                                                         "discriminator layer (the widest has 8 or 16 times it).")
     pack: int = Field(1, ge=1, le=64, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
+    conditional: ConditionalOption = Field("auto", description=CONDITIONAL_HELP + " The generator takes the class "
+                                           "through an embedding, the discriminator through projection.")
 
     @field_validator("resolution")
     @classmethod
@@ -50,25 +53,32 @@ class WganOptions(DcganOptions):
     )
 
 
-def build_dcgan(options: DcganOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
-    return _build(options, data_shape, "dcgan", norm="batch")
+def build_dcgan(options: DcganOptions, data_shape: tuple[int, ...] | None = None,
+                conditions: dict[str, Condition] | None = None) -> ModelBundle:
+    return _build(options, data_shape, conditions, "dcgan", norm="batch")
 
 
-def build_wgan(options: WganOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
-    return _build(options, data_shape, "wgan", norm=options.critic_norm)
+def build_wgan(options: WganOptions, data_shape: tuple[int, ...] | None = None,
+               conditions: dict[str, Condition] | None = None) -> ModelBundle:
+    return _build(options, data_shape, conditions, "wgan", norm=options.critic_norm)
 
 
-def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, model: str, norm: str) -> ModelBundle:
+def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, data_conditions: dict[str, Condition] | None,
+           model: str, norm: str) -> ModelBundle:
     from .networks import Discriminator, Generator
 
     channels, resolution = square_image_size(options, data_shape, model)
-    generator = Generator(options.latent_dim, options.width, channels, resolution)
-    discriminator = Discriminator(options.width, channels, resolution, norm=norm, pack=options.pack)
+    conditions = model_conditions(options.conditional, data_conditions, model)
+    refuse_packing_with_labels(options.pack, conditions)
+    classes = conditions["label"].count if conditions else 0
+    generator = Generator(options.latent_dim, options.width, channels, resolution, classes)
+    discriminator = Discriminator(options.width, channels, resolution, norm=norm, pack=options.pack, classes=classes)
     return ModelBundle(
         networks={"generator": generator, "discriminator": discriminator},
         sampling_network="generator",
         noise_shape=(options.latent_dim,),
         batch_multiple=options.pack,
+        conditions=conditions,
     )
 
 

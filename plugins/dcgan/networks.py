@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from aigc_kit.plugins.common import conditioned_on, pack_samples
+
 
 def dcgan_init(module: nn.Module) -> None:
     """Convolution weights ~ N(0, 0.02); BatchNorm weights ~ N(1, 0.02), biases 0 (the paper's init)."""
@@ -29,14 +31,20 @@ def upsampling_layers(resolution: int) -> int:
 
 
 class Generator(nn.Module):
-    """z (n, latent_dim) -> image (n, channels, resolution, resolution) in [-1, 1]."""
+    """z (n, latent_dim) -> image (n, channels, resolution, resolution) in [-1, 1].
 
-    def __init__(self, latent_dim: int, width: int, channels: int, resolution: int) -> None:
+    With ``classes``, ``forward(z, label)`` also takes each sample's class,
+    through a learned embedding concatenated to z (a class-conditional GAN).
+    """
+
+    def __init__(self, latent_dim: int, width: int, channels: int, resolution: int, classes: int = 0) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        self.embedding = nn.Embedding(classes, latent_dim) if classes else None
         features = width * 2 ** upsampling_layers(resolution)
+        inputs = latent_dim * (2 if classes else 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, features, 4, 1, 0, bias=False),
+            nn.ConvTranspose2d(inputs, features, 4, 1, 0, bias=False),
             nn.BatchNorm2d(features),
             nn.ReLU(inplace=True),
         ]
@@ -51,8 +59,11 @@ class Generator(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z.reshape(z.shape[0], self.latent_dim, 1, 1))
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        z = z.reshape(z.shape[0], self.latent_dim)
+        if self.embedding is not None:
+            z = torch.cat([z, self.embedding(conditioned_on(label, z))], dim=1)
+        return self.layers(z.reshape(z.shape[0], -1, 1, 1))
 
 
 def normalisation(kind: str, features: int, side: int) -> nn.Module:
@@ -67,9 +78,15 @@ def normalisation(kind: str, features: int, side: int) -> nn.Module:
 
 
 class Discriminator(nn.Module):
-    """image -> one logit per sample, or per group of ``pack`` samples (no sigmoid: losses work on logits)."""
+    """image -> one logit per sample, or per group of ``pack`` samples (no sigmoid: losses work on logits).
 
-    def __init__(self, width: int, channels: int, resolution: int, norm: str = "batch", pack: int = 1) -> None:
+    With ``classes``, ``forward(image, label)`` is the projection discriminator
+    (Miyato & Koyama 2018): psi(phi(x)) + embed(y) . phi(x), phi(x) the last
+    feature map summed over space.
+    """
+
+    def __init__(self, width: int, channels: int, resolution: int, norm: str = "batch", pack: int = 1,
+                 classes: int = 0) -> None:
         super().__init__()
         self.pack = pack
         layers: list[nn.Module] = [nn.Conv2d(channels * pack, width, 4, 2, 1, bias=norm != "batch"),
@@ -85,16 +102,15 @@ class Discriminator(nn.Module):
             features *= 2
         layers.append(nn.Conv2d(features, 1, 4, 1, 0, bias=False))
         self.layers = nn.Sequential(*layers)
+        self.embedding = nn.Embedding(classes, features) if classes else None
         self.apply(dcgan_init)
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, 0.0, 0.02)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.layers(pack_samples(image, self.pack)).reshape(-1)
-
-
-def pack_samples(samples: torch.Tensor, pack: int) -> torch.Tensor:
-    """Concatenate each run of ``pack`` consecutive samples along the channels (PacGAN)."""
-    if pack == 1:
-        return samples
-    if samples.shape[0] % pack:
-        raise ValueError(f"a batch of {samples.shape[0]} cannot be packed in groups of {pack}")
-    return samples.reshape(samples.shape[0] // pack, pack * samples.shape[1], *samples.shape[2:])
+    def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.layers[:-1](pack_samples(image, self.pack))
+        logits = self.layers[-1](features).reshape(-1)
+        if self.embedding is not None:
+            projection = (self.embedding(conditioned_on(label, image)) * features.sum(dim=(2, 3))).sum(dim=1)
+            logits = logits + projection
+        return logits

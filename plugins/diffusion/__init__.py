@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from aigc_kit.core.plugin_api import (
     ComponentSpec,
+    Condition,
     ModelBundle,
     OptimizerSettings,
     hookimpl,
@@ -37,7 +38,10 @@ def _schedule(options: ScheduleOptions):
     return NoiseSchedule.from_options(options)
 
 
-def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None,
+               conditions: dict[str, Condition] | None = None) -> ModelBundle:
+    from aigc_kit.plugins.common import model_conditions
+
     from .unet import UNet
 
     channels, resolution = square_image_size(options, data_shape, "unet")
@@ -47,13 +51,16 @@ def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None) 
 
         raise UserError(f"{levels} levels halve {resolution} pixels below 4", field="model.channel_multipliers",
                         hint="use fewer levels for this resolution")
+    taken = model_conditions(options.conditional, conditions, "unet")
     denoiser = UNet(channels, resolution, options.width, options.channel_multipliers, options.blocks_per_level,
-                    options.attention_resolutions, options.attention_heads, options.dropout, options.norm_groups)
+                    options.attention_resolutions, options.attention_heads, options.dropout, options.norm_groups,
+                    classes=taken["label"].count if taken else 0, class_dropout=options.class_dropout)
     return ModelBundle(
         networks={"denoiser": denoiser},
         sampling_network="denoiser",
         noise_shape=(channels, resolution, resolution),
         shared_options=options.schedule.model_dump(),
+        conditions=taken,
     )
 
 
@@ -79,7 +86,8 @@ def build_ddpm(options: DdpmOptions):
 
 def _sampling(options: SamplerOptions) -> dict:
     return {"timestep_spacing": options.timestep_spacing, "steps_offset": options.steps_offset,
-            "clip_sample": options.clip_sample, "clip_sample_range": options.clip_sample_range}
+            "clip_sample": options.clip_sample, "clip_sample_range": options.clip_sample_range,
+            "guidance_scale": options.guidance_scale}
 
 
 @hookimpl

@@ -27,13 +27,14 @@ class DiffusionLoss:
         self.network = network
         self.phases = [Phase(network, trains=(network,), optimizer=optimizer)]
 
-    def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int) -> tuple[Any, dict]:
+    def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int,
+                conditions: dict[str, torch.Tensor] | None = None) -> tuple[Any, dict]:
         denoiser = bundle.networks[self.network]
         x0 = batch.float()
         timesteps = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.add_noise(x0, noise, timesteps)
-        prediction = denoiser(x_t, timesteps).float()
+        prediction = denoiser(x_t, timesteps, **(conditions or {})).float()
         target = self.schedule.target(x0, noise, timesteps)
         per_sample = (prediction - target).pow(2).flatten(1).mean(dim=1)
         logs = {}

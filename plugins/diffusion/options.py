@@ -55,6 +55,12 @@ class UnetOptions(Options):
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the residual blocks.")
     norm_groups: int = Field(32, ge=1, validate_default=True,
                              description="GroupNorm groups; every level's channels must divide by it.")
+    conditional: bool | Literal["auto"] = Field(
+        "auto", description="Condition on the data's class labels: auto (when the data has labels), true or false. "
+        "A class embedding is added to the time embedding.")
+    class_dropout: float = Field(0.1, ge=0, lt=1, description="Conditional only: the share of training labels "
+                                 "replaced by 'no class', so that the network also learns the unconditional "
+                                 "prediction classifier-free guidance needs (Ho & Salimans 2022: 0.1-0.2).")
     schedule: ScheduleOptions = Field(
         default_factory=ScheduleOptions,
         description="The noise schedule and prediction type, shared with the loss and the sampler.",
@@ -100,6 +106,11 @@ class SamplerOptions(ScheduleOptions):
         "and recompute epsilon from it; keeps an epsilon denoiser's large x_0 errors at the noisiest steps in check.",
     )
     clip_sample_range: float = Field(1.0, gt=0, description="The clipping range of the predicted x_0.")
+    guidance_scale: float = Field(
+        1.0, ge=0, le=100, description="Classifier-free guidance w for a class-conditional model: pred(no class) + "
+        "w (pred(class) - pred(no class)); 1 is plain conditional sampling, 0 unconditional, more trades diversity "
+        "for fidelity to the class. Exports take it as an input, this value its default.",
+    )
 
     @field_validator("steps", check_fields=False)
     @classmethod

@@ -5,12 +5,20 @@ taking a batch and a 1-D tensor of integer timesteps (one per sample) and
 returning the prediction its schedule's ``prediction_type`` names. Each step
 goes from a timestep t to the previous timestep p *of the sequence being
 sampled*, never to a fixed stride below t.
+
+A class-conditional denoiser takes ``label=`` too (-1: no class). With a
+``guidance_scale`` w other than 1, each step is classifier-free guided (Ho &
+Salimans 2022): pred = pred(no class) + w (pred(class) - pred(no class)), both
+from one batched call. Guidance is applied to the raw prediction, which holds
+for every prediction type: epsilon, v and x_0 are each linear in the other two
+given x_t, so guiding one guides them all alike.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 
@@ -32,10 +40,14 @@ class DiffusionSampler:
 
     uses_step_noise = False
     """Whether :meth:`transition` takes fresh noise at every step."""
+    prior: ClassVar[dict[str, str]] = {"kind": "normal"}
+    """x_T ~ N(0, I), as an export's metadata records it."""
 
     def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
-                 steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0) -> None:
+                 steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0,
+                 guidance_scale: float = 1.0) -> None:
         self.schedule = schedule
+        self.guidance_scale = guidance_scale
         self.steps = steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, timestep_spacing, steps_offset)
@@ -66,8 +78,10 @@ class DiffusionSampler:
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, noise: torch.Tensor, generator: torch.Generator | None = None,
-               step_noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the steps from x_T = ``noise`` to the sample.
+               step_noise: torch.Tensor | None = None, conditions: dict[str, torch.Tensor] | None = None,
+               guidance_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Run the steps from x_T = ``noise`` to the sample (for ``conditions``, guided by ``guidance_scale``,
+        default the sampler's own).
 
         Samplers that add fresh noise at each step draw it from ``generator``, or
         take it from ``step_noise`` (shape ``(steps, *noise.shape)``) when given.
@@ -75,17 +89,20 @@ class DiffusionSampler:
         x = noise.float()
         for index, timestep in enumerate(self.timesteps):
             z = self.step_noise(x, index, generator, step_noise) if self.uses_step_noise else None
-            x = self.transition(denoiser, x, timestep, self.previous(index), z)
+            x = self.transition(denoiser, x, timestep, self.previous(index), z, conditions, guidance_scale)
         return x
 
     def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
-                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None,
+                   conditions: dict[str, torch.Tensor] | None = None,
+                   guidance_scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """One step from x_t at ``timestep`` to x_p at ``previous``; ``noise`` is the step's fresh noise."""
         raise NotImplementedError
 
-    def predict(self, denoiser: Denoiser, x_t: torch.Tensor,
-                timestep: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoiser's x_0 and epsilon at ``x_t``, in ``x_t``'s dtype.
+    def predict(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
+                conditions: dict[str, torch.Tensor] | None = None,
+                guidance_scale: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's x_0 and epsilon at ``x_t``, in ``x_t``'s dtype (guided, for conditions; see the module).
 
         With ``clip_sample``, x_0 is clipped and epsilon recomputed from it, so that
         x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) epsilon still holds: pairing a clipped
@@ -93,12 +110,33 @@ class DiffusionSampler:
         and the more steps, the further (measured in docs/diffusion.md).
         """
         timesteps = torch.as_tensor(timestep, dtype=torch.long, device=x_t.device).reshape(1).expand(x_t.shape[0])
-        prediction = denoiser(x_t, timesteps).to(x_t.dtype)
+        prediction = self.guided(denoiser, x_t, timesteps, conditions, guidance_scale).to(x_t.dtype)
         x0, epsilon = self.schedule.to_x0_and_epsilon(prediction, x_t, timestep)
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
             epsilon = self.schedule.to_x0_and_epsilon(x0, x_t, timestep, prediction_type="sample")[1]
         return x0, epsilon
+
+    def guided(self, denoiser: Denoiser, x_t: torch.Tensor, timesteps: torch.Tensor,
+               conditions: dict[str, torch.Tensor] | None, guidance_scale: float | torch.Tensor | None
+               ) -> torch.Tensor:
+        """The denoiser's prediction, classifier-free guided when there is a label and w is not 1.
+
+        pred = pred(no class) + w (pred(class) - pred(no class)), Ho & Salimans 2022 eq. 6 (their w + 1 is
+        our w), the two from one batched call. A tensor ``guidance_scale`` (a traced graph input) always
+        takes the batched call, since its value is only known at run time.
+        """
+        scale = self.guidance_scale if guidance_scale is None else guidance_scale
+        if not conditions:
+            return denoiser(x_t, timesteps)
+        label = conditions["label"]
+        if not isinstance(scale, torch.Tensor) and scale == 1:
+            return denoiser(x_t, timesteps, label=label)
+        both = denoiser(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]),
+                        label=torch.cat([torch.full_like(label, -1), label]))
+        n = x_t.shape[0]
+        unconditional, conditional = both[:n], both[n:]  # not chunk(2), which fixes a traced batch size
+        return unconditional + scale * (conditional - unconditional)
 
     def step_noise(self, like: torch.Tensor, index: int, generator: torch.Generator | None,
                    step_noise: torch.Tensor | None) -> torch.Tensor:
@@ -123,8 +161,10 @@ class DDIMSampler(DiffusionSampler):
         return self.eta > 0
 
     def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
-                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        x0, epsilon = self.predict(denoiser, x_t, timestep)
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None,
+                   conditions: dict[str, torch.Tensor] | None = None,
+                   guidance_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+        x0, epsilon = self.predict(denoiser, x_t, timestep, conditions, guidance_scale)
         return self.step(x0, epsilon, timestep, previous, x_t, noise)
 
     def step(self, x0: torch.Tensor, epsilon: torch.Tensor, timestep: int | torch.Tensor,
@@ -183,9 +223,11 @@ class DDPMSampler(DiffusionSampler):
     uses_step_noise = True
 
     def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
-                   previous: int | torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+                   previous: int | torch.Tensor, noise: torch.Tensor | None = None,
+                   conditions: dict[str, torch.Tensor] | None = None,
+                   guidance_scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """An ancestral step; the last one (to the clean end) returns the posterior mean, x_0, and ignores ``noise``."""
-        x0, _ = self.predict(denoiser, x_t, timestep)
+        x0, _ = self.predict(denoiser, x_t, timestep, conditions, guidance_scale)
         mean, variance = self.posterior(x0, x_t, timestep, previous)
         if noise is None:
             return mean

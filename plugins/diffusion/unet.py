@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aigc_kit.plugins.common import conditioned_on
+
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017): ``(n,) -> (n, dim)``."""
@@ -63,16 +65,25 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """``forward(x_t, t)`` -> a prediction of ``x_t``'s shape; ``t`` holds one integer timestep per sample."""
+    """``forward(x_t, t)`` -> a prediction of ``x_t``'s shape; ``t`` holds one integer timestep per sample.
+
+    With ``classes``, ``forward(x_t, t, label)``: a learned class embedding is
+    added to the time embedding. A label of -1 is "no class" (a learned null
+    class), and in training each label becomes -1 with probability
+    ``class_dropout``, so that one network is both conditional and
+    unconditional, as classifier-free guidance needs (Ho & Salimans 2022).
+    """
 
     def __init__(self, channels: int, resolution: int, width: int = 64, channel_multipliers: tuple[int, ...] = (1, 2, 2),
                  blocks_per_level: int = 2, attention_resolutions: tuple[int, ...] = (8,), attention_heads: int = 1,
-                 dropout: float = 0.1, norm_groups: int = 32) -> None:
+                 dropout: float = 0.1, norm_groups: int = 32, classes: int = 0, class_dropout: float = 0.1) -> None:
         super().__init__()
         self.channels, self.resolution = channels, resolution
         time_channels = 4 * width
         self.width = width
         self.time_mlp = nn.Sequential(nn.Linear(width, time_channels), nn.SiLU(), nn.Linear(time_channels, time_channels))
+        self.classes, self.class_dropout = classes, class_dropout
+        self.class_embedding = nn.Embedding(classes + 1, time_channels) if classes else None  # the last: no class
         self.input = nn.Conv2d(channels, width, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResidualBlock:
@@ -111,8 +122,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.output[-1].weight)  # start as a denoiser predicting zero
         nn.init.zeros_(self.output[-1].bias)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         time = self.time_mlp(timestep_embedding(timesteps, self.width))
+        if self.class_embedding is not None:
+            time = time + self.class_embedding(self._class_index(label, x))
         h = self.input(x)
         skips = [h]
         for layer in self.down:
@@ -122,6 +135,15 @@ class UNet(nn.Module):
         for layer in self.up:
             h = layer(torch.cat([h, skips.pop()], dim=1), time)
         return self.output(h)
+
+    def _class_index(self, label: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Each sample's row of the class embedding: its class, or the null class for -1 (and, in training, for a
+        ``class_dropout`` share of the labels)."""
+        label = conditioned_on(label, like)
+        if self.training and self.class_dropout > 0:
+            dropped = torch.rand(label.shape, device=label.device) < self.class_dropout
+            label = torch.where(dropped, torch.full_like(label, -1), label)
+        return torch.where(label < 0, torch.full_like(label, self.classes), label)
 
 
 class _Layer(nn.Module):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aigc_kit.core.plugin_api import ModelBundle, OptimizerSettings, Phase
+from aigc_kit.core.plugin_api import ModelBundle, OptimizerSettings, Phase, training_noise
 
 
 def latent_batch(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
@@ -15,7 +15,8 @@ def latent_batch(bundle: ModelBundle, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(like.shape[0], *bundle.noise_shape, device=like.device)
 
 
-def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                     conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """E[(||grad D(x_hat)||_2 - 1)^2] at random interpolates x_hat (Gulrajani et al. 2017, eq. 3), in fp32.
 
     The norm is taken per critic output, so a packed critic (PacGAN) is
@@ -25,17 +26,18 @@ def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Te
     alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
     interpolates = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     with torch.autocast(device_type=real.device.type, enabled=False):
-        scores = critic(interpolates).float()
+        scores = critic(interpolates, **(conditions or {})).float()
     (gradients,) = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
     norms = gradients.reshape(scores.shape[0], -1).norm(2, dim=1)
     return ((norms - 1) ** 2).mean()
 
 
-def r1_penalty(discriminator: torch.nn.Module, real: torch.Tensor) -> torch.Tensor:
+def r1_penalty(discriminator: torch.nn.Module, real: torch.Tensor,
+               conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """E||grad D(x_real)||^2 (Mescheder et al. 2018), in fp32; the loss multiplies it by gamma / 2."""
     real = real.detach().float().requires_grad_(True)
     with torch.autocast(device_type=real.device.type, enabled=False):
-        scores = discriminator(real).float()
+        scores = discriminator(real, **(conditions or {})).float()
     (gradients,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
     return gradients.reshape(scores.shape[0], -1).pow(2).sum(dim=1).mean()
 
@@ -61,22 +63,27 @@ class GanLoss:
             Phase("generator", ("generator",), uses_data=False, optimizer=generator),
         ]
 
-    def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int):
+    def compute(self, phase: Phase, batch: torch.Tensor, bundle: ModelBundle, step: int,
+                conditions: dict[str, torch.Tensor] | None = None, sampler: Any = None):
+        """One phase's loss; a conditional model's fakes are drawn for the real batch's classes."""
         generator = bundle.networks["generator"]
         discriminator = bundle.networks["discriminator"]
-        fake = generator(latent_batch(bundle, batch))
+        conditions = conditions or {}
+        noise = training_noise(sampler, batch.shape[0], tuple(bundle.noise_shape), batch.device) \
+            if sampler is not None else latent_batch(bundle, batch)
+        fake = generator(noise, **conditions)
         if phase.name == "discriminator":
             fake = fake.detach()
-            real_scores = discriminator(batch).float()
-            fake_scores = discriminator(fake).float()
+            real_scores = discriminator(batch, **conditions).float()
+            fake_scores = discriminator(fake, **conditions).float()
             loss = self.discriminator_loss(real_scores, fake_scores)
             logs = {"real_score": real_scores.mean().detach(), "fake_score": fake_scores.mean().detach()}
-            penalty = self.penalty(discriminator, batch, fake)
+            penalty = self.penalty(discriminator, batch, fake, conditions)
             if penalty is not None:
                 loss = loss + penalty
                 logs["penalty"] = penalty.detach()
             return loss, logs
-        return self.generator_loss(discriminator(fake).float()), {}
+        return self.generator_loss(discriminator(fake, **conditions).float()), {}
 
     def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -84,9 +91,10 @@ class GanLoss:
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def penalty(self, discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+    def penalty(self, discriminator: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                conditions: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
         gamma = getattr(self.options, "r1_gamma", 0.0)
-        return gamma / 2 * r1_penalty(discriminator, real) if gamma else None
+        return gamma / 2 * r1_penalty(discriminator, real, conditions) if gamma else None
 
 
 class NonSaturatingLoss(GanLoss):
@@ -131,7 +139,7 @@ class WassersteinLoss(GanLoss):
     def generator_loss(self, fake):
         return -fake.mean()
 
-    def penalty(self, discriminator, real, fake):
+    def penalty(self, discriminator, real, fake, conditions=None):
         return None
 
     def after_discriminator_step(self, bundle: ModelBundle) -> None:
@@ -146,7 +154,7 @@ class WassersteinGpLoss(WassersteinLoss):
     optimizer = "adam"
     after_discriminator_step = None
 
-    def penalty(self, discriminator, real, fake):
+    def penalty(self, discriminator, real, fake, conditions=None):
         if not self.options.gp_lambda:
             return None
-        return self.options.gp_lambda * gradient_penalty(discriminator, real, fake)
+        return self.options.gp_lambda * gradient_penalty(discriminator, real, fake, conditions)

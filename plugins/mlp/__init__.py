@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, Condition, ModelBundle, Options, hookimpl
+from aigc_kit.plugins.common import CONDITIONAL_HELP, ConditionalOption, model_conditions, refuse_packing_with_labels
 
 
 class MlpOptions(Options):
@@ -15,9 +16,12 @@ class MlpOptions(Options):
     width: int = Field(256, gt=0, le=16384, description="Units per hidden layer, in both networks.")
     depth: int = Field(3, ge=1, le=16, description="Hidden layers per network.")
     pack: int = Field(1, ge=1, le=64, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
+    conditional: ConditionalOption = Field("auto", description=CONDITIONAL_HELP + " (A mixture's modes, with "
+                                           "labels: true.)")
 
 
-def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None) -> ModelBundle:
+def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None,
+              conditions: dict[str, Condition] | None = None) -> ModelBundle:
     from aigc_kit.core.errors import UserError
 
     from .networks import Discriminator, Generator
@@ -31,10 +35,13 @@ def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None) ->
         raise UserError("model 'mlp' needs a sample shape (or data to take it from)", field="model.sample_shape")
     # Images live in [-1, 1] (tanh output); vectors such as 2-D mixture points are unbounded.
     bounded = len(shape) == 3
-    generator = Generator(options.latent_dim, shape, options.width, options.depth, bounded)
-    discriminator = Discriminator(shape, options.width, options.depth, options.pack)
+    taken = model_conditions(options.conditional, conditions, "mlp")
+    refuse_packing_with_labels(options.pack, taken)
+    classes = taken["label"].count if taken else 0
+    generator = Generator(options.latent_dim, shape, options.width, options.depth, bounded, classes)
+    discriminator = Discriminator(shape, options.width, options.depth, options.pack, classes)
     return ModelBundle({"generator": generator, "discriminator": discriminator}, sampling_network="generator",
-                       noise_shape=(options.latent_dim,), batch_multiple=options.pack)
+                       noise_shape=(options.latent_dim,), batch_multiple=options.pack, conditions=taken)
 
 
 @hookimpl
