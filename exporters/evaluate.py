@@ -2,7 +2,8 @@
 
 The dataset to compare with is rebuilt from the ``data`` section the export
 recorded in its metadata. Samples pass through uint8 pixels when the graph
-outputs them, as they would in production.
+outputs them, as they would in production; a conditional model's samples come
+with the labels they were drawn for, for the metrics that take them.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[st
     rng = np.random.default_rng(seed)
 
     def draw(n: int) -> Any:
-        output = generator.session.run([generator.output["name"]], generator.feeds(n, rng))[0]
+        labels = generator.labels(None, n, rng)  # random classes for a conditional model, None otherwise
+        output = generator.session.run([generator.output["name"]], generator.feeds(n, rng, labels=labels))[0]
         if generator.output["dtype"] == "uint8":
             output = from_pixels(output, (low, high))
-        return torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
+        samples = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
+        return samples if labels is None else (samples, {"label": torch.from_numpy(labels)})
 
     values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(path), "provider": generator.provider, "samples": count, "seed": seed, "values": values}

@@ -262,3 +262,18 @@ def test_sphere_noise_has_the_radius_it_asks_for():
     np.testing.assert_allclose(np.linalg.norm(z.reshape(5, -1), axis=1), 4.0, rtol=1e-5)
     z = draw_noise({"kind": "sphere", "radius": 2.0}, [3, 9], np.random.default_rng(0))
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 2.0, rtol=1e-5)
+
+
+def test_eval_of_a_conditional_run_and_of_its_export_reports_agreement_per_class(cgan_run, cgan_onnx, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("AIGC_KIT_CACHE", str(tmp_path / "cache"))
+    for source in (cgan_run, cgan_onnx):
+        out = tmp_path / f"{source.name}.json"
+        result = CliRunner().invoke(cli, ["eval", str(source), "--metric", "class-agreement", "--metric", "fid",
+                                          "--option", "fid.per_class=true", "--option", "fid.real_samples=64",
+                                          "-n", "60", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        values = json.loads(out.read_text())["values"]
+        assert 0 <= values["class-agreement/agreement"] <= 1
+        assert {f"class-agreement/agreement/{name}" for name in CLASSES} <= set(values)
+        assert "fid/intra_fid" in values

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,9 @@ class Extractor:
 
 
 def load_extractor(spec: str, input_size: int | None = None,
-                   input_range: tuple[float, float] = (-1.0, 1.0)) -> Extractor:
-    """The extractor ``spec`` names: ``shapes`` or a TorchScript/ONNX file."""
+                   input_range: tuple[float, float] = (-1.0, 1.0), field: str = "extractor") -> Extractor:
+    """The extractor ``spec`` names: ``shapes`` or a TorchScript/ONNX file (``field``: the option that named it)."""
+    noun, output = ("feature extractor", "(N, D) features") if field == "extractor" else (field, "(N, K) class scores")
     if spec == "shapes":
         from .classifier import FEATURE_DIVISOR, WEIGHTS, load_classifier
 
@@ -55,16 +56,16 @@ def load_extractor(spec: str, input_size: int | None = None,
         return Extractor("shapes", f"shapes-classifier-{_file_hash(WEIGHTS)}-{FEATURE_DIVISOR}", network.features)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise UserError("no such feature extractor", field="extractor", given=spec,
+        raise UserError(f"no such {noun}", field=field, given=spec,
                         hint="'shapes' (built in), or a TorchScript (.pt) or ONNX (.onnx) file mapping "
-                             "(N, 3, H, W) images to (N, D) features")
+                             f"(N, 3, H, W) images to {output}")
     adapt = _adapter(input_size, input_range)
     fingerprint = f"{path.suffix.lstrip('.')}-{_file_hash(path)}-{input_size}-{input_range[0]}-{input_range[1]}"
     if path.suffix == ".onnx":
         try:
             import onnxruntime
         except ImportError:
-            raise UserError("an ONNX feature extractor needs onnxruntime", field="extractor", given=spec,
+            raise UserError(f"an ONNX {noun} needs onnxruntime", field=field, given=spec,
                             hint="pip install 'aigc-kit[cpu]'") from None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
@@ -77,8 +78,8 @@ def load_extractor(spec: str, input_size: int | None = None,
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001 - TorchScript raises RuntimeError for anything it cannot read
-        raise UserError(f"cannot load the feature extractor as TorchScript: {str(exc).splitlines()[0]}",
-                        field="extractor", given=spec, hint="save it with torch.jit.save, or export it to ONNX") from None
+        raise UserError(f"cannot load the {noun} as TorchScript: {str(exc).splitlines()[0]}",
+                        field=field, given=spec, hint="save it with torch.jit.save, or export it to ONNX") from None
     return Extractor(path.name, fingerprint, lambda images: module(adapt(images)).flatten(1))
 
 
@@ -109,19 +110,30 @@ def cache_dir() -> Path:
 
 
 def dataset_fingerprint(dataset: Any) -> str:
-    """Size, item shape and the bytes of up to 16 evenly spaced items: cheap, and it changes with the data."""
+    """Size, item shape and the bytes (and labels) of up to 16 evenly spaced items: cheap, and it changes with
+    the data."""
     size = len(dataset)
     digest = hashlib.sha256(str(size).encode())
     for index in sorted({size * part // 16 for part in range(16)}):
-        item = torch.as_tensor(sample_of(dataset[index])).float().contiguous()
-        digest.update(str(tuple(item.shape)).encode())
-        digest.update(item.numpy().tobytes())
+        item = dataset[index]
+        sample = torch.as_tensor(sample_of(item)).float().contiguous()
+        digest.update(str(tuple(sample.shape)).encode())
+        digest.update(sample.numpy().tobytes())
+        if isinstance(item, Mapping) and "label" in item:  # the labelled and unlabelled data differ in the cache
+            digest.update(f"label {int(item['label'])}".encode())
     return digest.hexdigest()[:16]
 
 
 def real_features(data: Any, extractor: Extractor, count: int, batch_size: int = 500,
                   progress: Callable[[str], None] | None = None) -> torch.Tensor:
     """Features of the first ``count`` items of the dataset (all if fewer), from the cache when it has them."""
+    return real_features_and_labels(data, extractor, count, batch_size, progress)[0]
+
+
+def real_features_and_labels(data: Any, extractor: Extractor, count: int, batch_size: int = 500,
+                             progress: Callable[[str], None] | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`real_features`, and the items' class labels (None when the items carry none), cached together."""
     from safetensors.torch import save_file
 
     dataset = data.dataset
@@ -135,28 +147,34 @@ def real_features(data: Any, extractor: Extractor, count: int, batch_size: int =
             return cached
     if progress is not None:
         progress(f"computing the features of {count:,} real samples with {extractor.name} (cached at {path})")
-    features = torch.cat([
-        extractor(torch.stack([torch.as_tensor(sample_of(dataset[index]))
-                               for index in range(start, min(start + batch_size, count))]))
-        for start in range(0, count, batch_size)])
+    features, labels = [], []
+    for start in range(0, count, batch_size):
+        items = [dataset[index] for index in range(start, min(start + batch_size, count))]
+        features.append(extractor(torch.stack([torch.as_tensor(sample_of(item)) for item in items])))
+        labels.extend(int(item["label"]) for item in items if isinstance(item, Mapping) and "label" in item)
+    tensors = {"features": torch.cat(features).contiguous()}
+    if len(labels) == count:
+        tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
     with replacing(path) as partial:  # a reader never sees half a file, and no partial one outlives a stop
-        save_file({"features": features.contiguous()}, partial, metadata={k: str(v) for k, v in key.items()})
-    return features
+        save_file(tensors, partial, metadata={k: str(v) for k, v in key.items()})
+    return tensors["features"], tensors.get("labels")
 
 
-def _cached(path: Path, count: int) -> torch.Tensor | None:
-    """The features cached in ``path``, or None (with a warning) when the file is damaged: they are computed again."""
+def _cached(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The features and labels cached in ``path``, or None (with a warning) when the file is damaged: they are
+    computed again."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        features = load_file(path)["features"]
+        tensors = load_file(path)
+        features, labels = tensors["features"], tensors.get("labels")
     except (SafetensorError, OSError, KeyError, ValueError) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     else:
         if features.dim() == 2 and len(features) == count and features.is_floating_point() and \
-                bool(torch.isfinite(features).all()):
-            return features
+                bool(torch.isfinite(features).all()) and (labels is None or labels.shape == (count,)):
+            return features, labels
         problem = f"features of shape {tuple(features.shape)} where {count} rows were expected"
     warnings.warn(f"the cached real-data features in {path} are damaged ({problem}); computing them again",
                   RuntimeWarning, stacklevel=3)
