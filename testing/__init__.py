@@ -17,20 +17,32 @@ built-in plugins (so a loss can be checked against the built-in ``dcgan``
 model) and the plugins under test, whatever else is installed. Each check
 raises ``AssertionError`` saying what the component did and what was expected.
 
+Conditional components are checked with ``classes=`` (a count, or the names):
+the model is built as for data with that many classes, and each check also
+asks that a label changes what it should (the samples, the other networks'
+answers, the loss's gradients, the exported file's output). For these checks,
+weights initialised to zero (a denoiser's last layer, say) get small random
+values first: a network that answers zero to everything cannot show a label.
+
 This module imports torch only when a check runs.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aigc_kit.core.plugin_api import DatasetBundle, ExportRequest, ModelBundle
+from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, ExportRequest, ModelBundle, accepts
 from aigc_kit.core.registry import Registry
 
-__all__ = ["check_dataset", "check_exporter", "check_loss", "check_model", "check_sampler", "isolated_registry"]
+__all__ = ["check_dataset", "check_exporter", "check_loss", "check_metric", "check_model", "check_sampler",
+           "isolated_registry"]
+
+Classes = int | tuple[str, ...] | list[str] | None
+"""A check's ``classes``: how many (or which) classes the model is built for; None for an unconditional model."""
 
 
 def isolated_registry(*plugins: Any, builtins: bool = True) -> Registry:
@@ -47,12 +59,14 @@ def isolated_registry(*plugins: Any, builtins: bool = True) -> Registry:
 def check_model(registry: Registry, name: str, *, resolutions: Iterable[int | None] = (None,),
                 channels: Iterable[int | None] = (None,), data_shapes: Iterable[tuple[int, ...]] | None = None,
                 options: dict[str, Any] | None = None, sampler: str = "normal",
-                sampler_options: dict[str, Any] | None = None, batch: int = 2) -> None:
+                sampler_options: dict[str, Any] | None = None, batch: int = 2, classes: Classes = None) -> None:
     """Model ``name`` builds for each data shape, and its sampling network, through ``sampler``, gives samples of it.
 
     The data shapes are ``(channels, resolution, resolution)`` for each resolution and channel
     count given, or ``data_shapes``. Every other network (a discriminator, a critic) must take a
-    batch of data and answer per sample.
+    batch of data and answer per sample. With ``classes``, the model must take the label
+    (``ModelBundle.conditions``), and the samples from one noise and every network's answers
+    must change with it.
     """
     import torch
 
@@ -62,35 +76,54 @@ def check_model(registry: Registry, name: str, *, resolutions: Iterable[int | No
     if not shapes:
         raise ValueError("give resolutions and channels, or data_shapes, to check the model at")
     for shape in shapes:
-        bundle = _model(registry, name, options, shape)
+        where = f"model {name!r} at data shape {shape}"
+        bundle = _model(registry, name, options, shape, classes)
         network = bundle.networks[bundle.sampling_network].eval()
         chosen = _create(registry, "sampler", sampler, sampler_options, bundle.shared_options)
+        labels = _labels(bundle, batch)
         with torch.no_grad():
             noise = chosen.noise(batch, tuple(bundle.noise_shape), generator=torch.Generator().manual_seed(0))
-            samples = chosen.sample(network, noise, generator=torch.Generator().manual_seed(1))
-        _check_tensor(samples, (batch, *shape), f"model {name!r} at data shape {shape}: samples")
+            samples = _sample(chosen, network, noise, labels[0])
+            _check_tensor(samples, (batch, *shape), f"{where}: samples")
+            if classes is not None:
+                assert not torch.allclose(samples, _sample(chosen, network, noise, labels[1])), (
+                    f"{where}: the same noise with other labels gave the same samples; pass the label to the network")
+        data = torch.rand(batch, *shape) * 2 - 1
         for network_name, other in bundle.networks.items():
             if network_name == bundle.sampling_network:
                 continue
             with torch.no_grad():
-                answer = other.eval()(torch.rand(batch, *shape) * 2 - 1)
+                answer = other.eval()(data, **labels[0])
             assert answer.shape[:1] == (batch,) and bool(torch.isfinite(answer).all()), (
-                f"model {name!r} at data shape {shape}: network {network_name!r} should answer a batch of "
+                f"{where}: network {network_name!r} should answer a batch of "
                 f"{batch} samples with {batch} finite values, gave shape {tuple(answer.shape)}")
+            if classes is not None:
+                with torch.no_grad():
+                    assert not torch.allclose(answer, other(data, **labels[1])), (
+                        f"{where}: network {network_name!r} gave the same answers for other labels")
 
 
 def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_options: dict[str, Any] | None = None,
                data_shape: tuple[int, ...] = (3, 16, 16), options: dict[str, Any] | None = None,
-               batch: int = 4) -> None:
+               batch: int = 4, sampler: str = "normal", classes: Classes = None) -> None:
     """Each phase of loss ``name`` gives a finite scalar whose gradients reach the phase's networks and no others.
 
-    The networks come from ``model`` (built for ``data_shape``); the batch is uniform noise in [-1, 1].
+    The networks come from ``model`` (built for ``data_shape``); the batch is uniform noise in [-1, 1];
+    ``compute`` gets the run's ``sampler`` and the batch's conditions if it names them, as in a run.
+    With ``classes``, each phase's gradients must change with the batch's labels.
     """
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape)
+    bundle = _model(registry, model, model_options, data_shape, classes)
     loss = _create(registry, "loss", name, options, bundle.shared_options)
+    context: dict[str, Any] = {}
+    if accepts(loss.compute, "sampler"):
+        context["sampler"] = _create(registry, "sampler", sampler, None, bundle.shared_options)
+    labels = _labels(bundle, batch)
+    if classes is not None:
+        assert accepts(loss.compute, "conditions"), (
+            f"loss {name!r}: compute takes no conditions, so a conditional model never sees its labels")
     assert loss.phases, f"loss {name!r} has no phases"
     data = torch.rand(batch, *data_shape) * 2 - 1
     for phase in loss.phases:
@@ -100,7 +133,8 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
         for network_name, network in bundle.networks.items():  # as the training loop does
             network.train().requires_grad_(network_name in phase.trains)
             network.zero_grad(set_to_none=True)
-        value, logs = loss.compute(phase, data, bundle, 0)
+        with torch.random.fork_rng(devices=[]):
+            value, logs = loss.compute(phase, data, bundle, 0, **context, **_conditions(loss, labels[0]))
         where = f"loss {name!r}, phase {phase.name!r}"
         assert isinstance(value, torch.Tensor) and value.dim() == 0, f"{where}: expected a scalar tensor, got {value!r}"
         assert bool(torch.isfinite(value)), f"{where}: the loss is {value.item()}"
@@ -117,26 +151,36 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
                     f"{where}: network {network_name!r} has non-finite gradients")
             else:
                 assert not gradients, f"{where}: gradients reach network {network_name!r}, which the phase does not train"
+        if classes is not None:
+            _check_gradients_follow_labels(loss, phase, data, bundle, context, labels, where)
         if phase.after_step is not None:
             phase.after_step(bundle)
 
 
 def check_sampler(registry: Registry, name: str, *, model: str = "dcgan", model_options: dict[str, Any] | None = None,
                   data_shape: tuple[int, ...] = (3, 16, 16), options: dict[str, Any] | None = None,
-                  batch: int = 3) -> None:
-    """Sampler ``name`` draws noise of the model's shape and turns it into samples of ``data_shape``, reproducibly."""
+                  batch: int = 3, classes: Classes = None) -> None:
+    """Sampler ``name`` draws noise of the model's shape and turns it into samples of ``data_shape``, reproducibly.
+
+    With ``classes``, the sampler must take ``conditions`` and honour them: other labels, other samples.
+    """
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape)
+    bundle = _model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
     sampler = _create(registry, "sampler", name, options, bundle.shared_options)
     noise_shape = tuple(bundle.noise_shape)
+    labels = _labels(bundle, batch)
+    if classes is not None:
+        assert accepts(sampler.sample, "conditions"), (
+            f"sampler {name!r}: sample takes no conditions, so it cannot draw a chosen class")
 
-    def draw(seed: int) -> tuple[Any, Any]:
+    def draw(seed: int, chosen: int = 0) -> tuple[Any, Any]:
         with torch.no_grad():
             noise = sampler.noise(batch, noise_shape, generator=torch.Generator().manual_seed(seed))
-            return noise, sampler.sample(network, noise, generator=torch.Generator().manual_seed(seed + 1))
+            return noise, _sample(sampler, network, noise, labels[chosen],
+                                  generator=torch.Generator().manual_seed(seed + 1))
 
     noise, samples = draw(0)
     _check_tensor(noise, (batch, *noise_shape), f"sampler {name!r}: noise")
@@ -146,10 +190,17 @@ def check_sampler(registry: Registry, name: str, *, model: str = "dcgan", model_
         f"sampler {name!r}: the same seed gave different noise or samples; draw randomness only from `generator`")
     other_noise, _ = draw(10)
     assert not torch.equal(noise, other_noise), f"sampler {name!r}: different seeds gave the same noise"
+    if classes is not None:
+        assert not torch.allclose(samples, draw(0, chosen=1)[1]), (
+            f"sampler {name!r}: other labels gave the same samples; pass conditions to the network as keywords")
 
 
 def check_dataset(registry: Registry, name: str, *, options: dict[str, Any] | None = None, items: int = 8) -> None:
-    """Dataset ``name`` is non-empty; its first items have the declared shape and range; it is the same when rebuilt."""
+    """Dataset ``name`` is non-empty; its first items have the declared shape and range; it is the same when rebuilt.
+
+    A dataset that declares conditions must give ``{"sample": tensor, NAME: value}`` items with each of them (a
+    label an integer in range), and one that declares none the sample tensor itself.
+    """
     import torch
 
     bundle = registry.create("dataset", name, **(options or {}))
@@ -159,37 +210,40 @@ def check_dataset(registry: Registry, name: str, *, options: dict[str, Any] | No
     low, high = info.value_range
     rebuilt = registry.create("dataset", name, **(options or {})).dataset
     for index in range(min(items, len(dataset))):
-        item = dataset[index]
         where = f"dataset {name!r}, item {index}"
+        item = _sample_checked(dataset[index], info.conditions, where)
         _check_tensor(item, tuple(info.shape), where)
         assert float(item.min()) >= low - 1e-6 and float(item.max()) <= high + 1e-6, (
             f"{where}: values from {float(item.min()):.3g} to {float(item.max()):.3g}, outside the declared "
             f"value_range {info.value_range}")
-        assert torch.equal(item, rebuilt[index]), (
+        assert torch.equal(item, _sample_checked(rebuilt[index], info.conditions, where)), (
             f"{where} differs when the dataset is built again with the same options; seed it from the options")
 
 
 def check_exporter(registry: Registry, name: str, folder: str | Path, *, filename: str | None = None,
                    model: str = "dcgan", model_options: dict[str, Any] | None = None,
                    data_shape: tuple[int, ...] = (3, 16, 16), sampler: str = "normal",
-                   options: dict[str, Any] | None = None, batch: int = 3, atol: float = 1e-4) -> dict[str, Any]:
+                   options: dict[str, Any] | None = None, batch: int = 3, atol: float = 1e-4,
+                   classes: Classes = None) -> dict[str, Any]:
     """Exporter ``name`` writes ``model``'s sampling network, and the file's samples match PyTorch's within ``atol``.
 
     The exporter must offer ``load(path)`` (see :class:`~aigc_kit.core.plugin_api.Exporter`).
-    Returns the exporter's report.
+    With ``classes``, the file must take the label (``run(noise, label=...)``) and match PyTorch for
+    each of two label sets. Returns the exporter's report.
     """
     import numpy as np
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape)
+    bundle = _model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
     chosen = _create(registry, "sampler", sampler, None, bundle.shared_options)
     exporter = registry.create("exporter", name, **(options or {}))
     path = Path(folder) / (filename or f"model.{name}")
     request = ExportRequest(network=network, sampler=chosen, noise_shape=tuple(bundle.noise_shape),
                             sample_shape=tuple(data_shape), value_range=(-1.0, 1.0), path=str(path),
-                            metadata={"aigc_kit.producer": "aigc-kit conformance check"})
+                            metadata={"aigc_kit.producer": "aigc-kit conformance check"},
+                            conditions=dict(bundle.conditions), model_options=dict(options or {}))
     report = exporter.export(request)
     assert path.is_file(), f"exporter {name!r} wrote nothing at {path}"
     assert isinstance(report, dict), f"exporter {name!r} should return a report dict, got {type(report).__name__}"
@@ -198,21 +252,151 @@ def check_exporter(registry: Registry, name: str, folder: str | Path, *, filenam
     run = exporter.load(str(path))
     with torch.no_grad():
         noise = chosen.noise(batch, tuple(bundle.noise_shape), generator=torch.Generator().manual_seed(0))
-        expected = chosen.sample(network, noise).numpy()
-    actual = np.asarray(run(noise.numpy()))
-    assert actual.shape == expected.shape, (
-        f"exporter {name!r}: the file gives samples of shape {actual.shape}, PyTorch {expected.shape}")
-    error = float(np.abs(actual - expected).max())
-    assert error <= atol, f"exporter {name!r}: the file's samples differ from PyTorch's by up to {error:.3g} (> {atol})"
+    outputs = []
+    for labels in _labels(bundle, batch)[:1 if classes is None else 2]:
+        with torch.no_grad():
+            expected = _sample(chosen, network, noise, labels).numpy()
+        where = f"exporter {name!r}" + (" with labels " + str(labels["label"].tolist()) if labels else "")
+        actual = np.asarray(run(noise.numpy(), **{key: value.numpy() for key, value in labels.items()}))
+        assert actual.shape == expected.shape, (
+            f"{where}: the file gives samples of shape {actual.shape}, PyTorch {expected.shape}")
+        error = float(np.abs(actual - expected).max())
+        assert error <= atol, f"{where}: the file's samples differ from PyTorch's by up to {error:.3g} (> {atol})"
+        outputs.append(actual)
+    if classes is not None:
+        assert not np.allclose(outputs[0], outputs[1]), f"exporter {name!r}: the file ignores the label input"
     return report
 
 
-def _model(registry: Registry, name: str, options: dict[str, Any] | None, data_shape: tuple[int, ...]) -> ModelBundle:
-    bundle = registry.create("model", name, data_shape=tuple(data_shape), **(options or {}))
+def check_metric(registry: Registry, name: str, *, options: dict[str, Any] | None = None, data: str = "shapes",
+                 data_options: dict[str, Any] | None = None, samples: int = 32, batch: int = 16) -> dict[str, float]:
+    """Metric ``name`` builds for dataset ``data``, takes its first ``samples`` items in batches (with their labels,
+    if its ``update`` names ``conditions`` and the items carry them) and computes finite numbers; ``compute``
+    resets it, so the same samples again give the same numbers. Returns the values.
+    """
+    import torch
+
+    bundle = registry.create("dataset", data, **(data_options or {"resolution": 16, "size": max(samples, 64)}))
+    metric = registry.build("metric", name, registry.options("metric", name, options or {}), data=bundle)
+    items = [bundle.dataset[index] for index in range(min(samples, len(bundle.dataset)))]
+    images = torch.stack([torch.as_tensor(item[SAMPLE_KEY] if bundle.info.conditions else item) for item in items])
+    labelled = {key: torch.tensor([int(item[key]) for item in items]) for key in bundle.info.conditions}
+    with_conditions = accepts(metric.update, "conditions")
+
+    def compute() -> dict[str, float]:
+        for start in range(0, len(images), batch):
+            chunk = {key: value[start:start + batch] for key, value in labelled.items()}
+            if with_conditions:
+                metric.update(images[start:start + batch], conditions=chunk)
+            else:
+                metric.update(images[start:start + batch])
+        return metric.compute()
+
+    values = compute()
+    assert isinstance(values, dict) and values, f"metric {name!r}: compute should return a non-empty dict"
+    for key, value in values.items():
+        assert isinstance(key, str) and isinstance(value, int | float) and math.isfinite(value), (
+            f"metric {name!r}: {key!r} should be a finite number, got {value!r}")
+    again = compute()
+    assert again == values, (f"metric {name!r}: the same samples after compute gave {again}, not {values}; compute "
+                             "must reset what update collected")
+    return values
+
+
+def _model(registry: Registry, name: str, options: dict[str, Any] | None, data_shape: tuple[int, ...],
+           classes: Classes = None) -> ModelBundle:
+    conditions = {} if classes is None else {"label": Condition(classes=_class_names(classes))}
+    bundle = registry.create("model", name, data_shape=tuple(data_shape), conditions=conditions, **(options or {}))
     assert isinstance(bundle, ModelBundle), f"model {name!r}: the factory should return a ModelBundle"
     assert bundle.sampling_network in bundle.networks, (
         f"model {name!r}: sampling_network {bundle.sampling_network!r} is not one of {sorted(bundle.networks)}")
+    if classes is not None:
+        assert "label" in bundle.conditions, (
+            f"model {name!r}: built for data with {len(conditions['label'].classes)} classes, its ModelBundle "
+            f"takes no label (conditions={bundle.conditions!r}); take the factory's `conditions` argument")
+        _wake(bundle)
     return bundle
+
+
+def _wake(bundle: ModelBundle) -> None:
+    """Give weights initialised to zero small random values, so that what a label changes can show.
+
+    A denoiser's last layer usually starts at zero (every prediction zero, whatever the label);
+    a trained network's would not be.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for network in bundle.networks.values():
+            for parameter in network.parameters():
+                if parameter.dim() > 0 and not bool(parameter.any()):
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+
+
+def _class_names(classes: int | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = tuple(f"class-{index}" for index in range(classes)) if isinstance(classes, int) else tuple(classes)
+    if len(names) < 2:
+        raise ValueError("give at least two classes to check a conditional component")
+    return names
+
+
+def _labels(bundle: ModelBundle, batch: int) -> list[dict[str, Any]]:
+    """Two label sets for ``batch`` samples that differ in every sample (two empty ones for no label)."""
+    import torch
+
+    label = bundle.conditions.get("label")
+    if label is None:
+        return [{}, {}]
+    first = torch.arange(batch) % label.count
+    return [{"label": first}, {"label": (first + 1) % label.count}]
+
+
+def _sample(sampler: Any, network: Any, noise: Any, labels: dict[str, Any], **options: Any) -> Any:
+    return sampler.sample(network, noise, conditions=labels, **options) if labels else \
+        sampler.sample(network, noise, **options)
+
+
+def _conditions(loss: Any, labels: dict[str, Any]) -> dict[str, Any]:
+    return {"conditions": labels} if labels or accepts(loss.compute, "conditions") else {}
+
+
+def _check_gradients_follow_labels(loss: Any, phase: Any, data: Any, bundle: ModelBundle, context: dict[str, Any],
+                                   labels: list[dict[str, Any]], where: str) -> None:
+    """The phase's gradients, from the same batch and random draws, differ between two label sets."""
+    import torch
+
+    gradients = []
+    for chosen in labels:
+        for network in bundle.networks.values():
+            network.zero_grad(set_to_none=True)
+        with torch.random.fork_rng(devices=[]):
+            value, _ = loss.compute(phase, data, bundle, 0, **context, conditions=chosen)
+        value.backward()
+        gradients.append(torch.cat([p.grad.flatten() for name in phase.trains
+                                    for p in bundle.networks[name].parameters() if p.grad is not None]))
+    assert not torch.allclose(*gradients), f"{where}: the gradients are the same for other labels; use the conditions"
+
+
+def _sample_checked(item: Any, conditions: dict[str, Condition], where: str) -> Any:
+    """The sample of a dataset item, after checking that it carries exactly the declared conditions."""
+    from collections.abc import Mapping
+
+    if not conditions:
+        assert not isinstance(item, Mapping | tuple | list), (
+            f"{where}: a {type(item).__name__}, where a dataset that declares no conditions gives the sample tensor; "
+            "declare what the items carry in DatasetInfo.conditions")
+        return item
+    assert isinstance(item, Mapping) and set(item) == {SAMPLE_KEY, *conditions}, (
+        f"{where}: expected a mapping with keys {sorted({SAMPLE_KEY, *conditions})}, got "
+        f"{sorted(item) if isinstance(item, Mapping) else type(item).__name__}")
+    for name, condition in conditions.items():
+        value = item[name]
+        assert isinstance(value, int) or getattr(value, "dim", lambda: 1)() == 0, (
+            f"{where}: {name} should be one integer, got {value!r}")
+        assert 0 <= int(value) < condition.count, (
+            f"{where}: {name} {int(value)} is outside the {condition.count} declared classes")
+    return item[SAMPLE_KEY]
 
 
 def _create(registry: Registry, kind: str, name: str, options: dict[str, Any] | None,

@@ -30,6 +30,7 @@ class Kit:
         self.check_loss = testing.check_loss
         self.check_sampler = testing.check_sampler
         self.check_dataset = testing.check_dataset
+        self.check_metric = testing.check_metric
 
     def check_exporter(self, registry: Any, name: str, **options: Any) -> dict[str, Any]:
         from aigc_kit import testing

@@ -163,3 +163,136 @@ def test_a_plugins_tests_get_the_kit_as_fixtures_without_imports(pytester):
     pytester.syspathinsert()
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_builtin_conditional_components_pass_their_checks_with_classes(tmp_path):
+    registry = testing.isolated_registry()
+    small_unet = {"width": 32, "channel_multipliers": [1]}
+    testing.check_model(registry, "dcgan", resolutions=(16,), channels=(3,), options={"width": 8}, classes=3)
+    testing.check_model(registry, "unet", resolutions=(16,), channels=(3,), sampler="ddim", classes=("a", "b"),
+                        sampler_options={"steps": 2, "guidance_scale": 3.0}, options=small_unet)
+    for loss in ("gan-bce", "hinge", "wgan-gp"):
+        testing.check_loss(registry, loss, model_options={"width": 8}, classes=3)
+    testing.check_loss(registry, "diffusion", model="unet", model_options=small_unet, classes=3)
+    testing.check_sampler(registry, "normal", model_options={"width": 8}, classes=3)
+    testing.check_sampler(registry, "ddim", model="unet", model_options=small_unet, options={"steps": 2}, classes=3)
+    testing.check_dataset(registry, "shapes", options={"resolution": 16, "size": 16, "labels": True})
+    testing.check_exporter(registry, "onnx", tmp_path, filename="c.onnx", model_options={"width": 8}, classes=3,
+                           options={"validate_batch_sizes": [2]})
+    values = testing.check_metric(registry, "class-agreement", samples=48,
+                                  data_options={"resolution": 16, "size": 48, "labels": True})
+    assert values["agreement"] > 0.9  # real shapes, given their own labels
+    testing.check_metric(registry, "fid", options={"real_samples": 32})
+
+
+class LabelBlind(torch.nn.Module):
+    """Takes a label, and ignores it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3 * 16 * 16)
+
+    def forward(self, z, label=None):
+        return torch.tanh(self.linear(z)).view(-1, 3, 16, 16)
+
+
+def test_conditional_checks_catch_a_model_that_ignores_its_classes_or_its_labels():
+    from aigc_kit.core.plugin_api import Condition
+
+    registry = testing.isolated_registry(plugin_offering("aigc_register_models", ComponentSpec(
+        "deaf", lambda options, data_shape=None: ModelBundle({"generator": LabelBlind()}, "generator", (4,)), "Deaf.")))
+    with pytest.raises(AssertionError, match="model 'deaf': built for data with 3 classes, its ModelBundle takes no "
+                                             "label"):
+        testing.check_model(registry, "deaf", resolutions=(16,), channels=(3,), classes=3)
+
+    def blind(options, data_shape=None, conditions=None):
+        return ModelBundle({"generator": LabelBlind()}, "generator", (4,), conditions=dict(conditions or {}))
+
+    registry = testing.isolated_registry(plugin_offering(
+        "aigc_register_models", ComponentSpec("blind", blind, "Blind.")))
+    testing.check_model(registry, "blind", resolutions=(16,), channels=(3,))  # fine without classes
+    with pytest.raises(AssertionError, match="the same noise with other labels gave the same samples"):
+        testing.check_model(registry, "blind", resolutions=(16,), channels=(3,), classes=3)
+    with pytest.raises(AssertionError, match="sampler 'normal': other labels gave the same samples"):
+        testing.check_sampler(registry, "normal", model="blind", classes=3)
+    assert Condition(classes=("a", "b")).count == 2
+
+
+class LabelDropLoss(DetachedGeneratorLoss):
+    """Takes the batch's conditions and drops them: the conditional networks get random labels."""
+
+    def compute(self, phase, batch, bundle, step, conditions=None):
+        label = torch.randint(0, 3, (batch.shape[0],))
+        fake = bundle.networks["generator"](torch.randn(batch.shape[0], bundle.noise_shape[0]), label=label)
+        score = bundle.networks["discriminator"](fake if phase.name == "generator" else batch, label=label).mean()
+        return (score if phase.name == "discriminator" else -score), {}
+
+
+def test_conditional_checks_catch_a_loss_that_drops_the_labels():
+    registry = testing.isolated_registry(plugin_offering(
+        "aigc_register_losses", ComponentSpec("drop", lambda options: LabelDropLoss(), "Broken.")))
+    testing.check_loss(registry, "drop", model_options={"width": 8})
+    with pytest.raises(AssertionError, match="phase 'discriminator': the gradients are the same for other labels"):
+        testing.check_loss(registry, "drop", model_options={"width": 8}, classes=3)
+
+
+def test_conditional_checks_catch_items_that_do_not_carry_what_the_dataset_declares():
+    from aigc_kit.core.plugin_api import Condition
+
+    def build(pairs: bool, label: int = 1):
+        images = torch.zeros(4, 3, 4, 4)
+        items = [(image, label) for image in images] if pairs else [{"sample": image, "label": label}
+                                                                      for image in images]
+        return DatasetBundle(items, DatasetInfo((3, 4, 4), conditions={"label": Condition(classes=("a", "b"))}))
+
+    for name, factory, message in (
+            ("pairs", lambda options: build(True), r"expected a mapping with keys \['label', 'sample'\], got tuple"),
+            ("outside", lambda options: build(False, 2), "label 2 is outside the 2 declared classes"),
+            ("undeclared", lambda options: DatasetBundle([(torch.zeros(3, 4, 4), 0)], DatasetInfo((3, 4, 4))),
+             "a tuple, where a dataset that declares no conditions gives the sample tensor")):
+        registry = testing.isolated_registry(plugin_offering(
+            "aigc_register_datasets", ComponentSpec(name, factory, "Broken.", SizeOptions)))
+        with pytest.raises(AssertionError, match=message):
+            testing.check_dataset(registry, name)
+
+
+class Hoarder:
+    """A metric whose compute forgets to reset."""
+
+    def __init__(self):
+        self.seen = []
+
+    def update(self, samples):
+        self.seen.append(samples.mean().item())
+
+    def compute(self):
+        return {"mean": sum(self.seen) / len(self.seen), "count": float(len(self.seen))}
+
+
+def test_the_metric_check_catches_a_metric_that_keeps_what_it_computed():
+    registry = testing.isolated_registry(plugin_offering(
+        "aigc_register_metrics", ComponentSpec("hoarder", lambda options, data=None: Hoarder(), "Broken.")))
+    with pytest.raises(AssertionError, match="compute must reset what update collected"):
+        testing.check_metric(registry, "hoarder")
+
+
+class LabelDeafExporter(OffByOneExporter):
+    """Runs the generator it was given, for label 0 whatever the label asked."""
+
+    def export(self, request):
+        self.network = request.network
+        return super().export(request)
+
+    def load(self, path):
+        def run(noise, label=None):
+            with torch.no_grad():
+                return self.network(torch.from_numpy(noise), label=torch.zeros(noise.shape[0]).long()).numpy()
+
+        return run
+
+
+def test_the_conditional_exporter_check_catches_a_file_that_ignores_the_label(tmp_path):
+    registry = testing.isolated_registry(plugin_offering(
+        "aigc_register_exporters", ComponentSpec("deaf", lambda options: LabelDeafExporter(), "Broken.")))
+    with pytest.raises(AssertionError, match=r"exporter 'deaf' with labels \[0, 1, 2\]: the file's samples differ"):
+        testing.check_exporter(registry, "deaf", tmp_path, model_options={"width": 8}, classes=3)
