@@ -8,7 +8,7 @@ The package it writes::
       example.yaml             a run that trains with the package's components
       src/MODULE/__init__.py   the hooks and options (cheap to import)
       src/MODULE/components.py the torch code, imported by the factories
-      tests/test_MODULE.py     the conformance kit's checks, one per component
+      tests/test_MODULE.py     the conformance kit's checks, one test per component
 
 The templates are in ``templates/`` beside this module.
 """
@@ -25,7 +25,7 @@ import yaml
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.registry import host_version
 
-SCAFFOLD_KINDS = ("model", "loss", "sampler", "dataset", "exporter")
+SCAFFOLD_KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
 """The kinds ``new-plugin`` has an example of."""
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -33,22 +33,32 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 # Component names per kind ($short is the plugin's short name).
 _COMPONENT = {"model": "$short", "loss": "$short-ragan", "sampler": "$short-sphere", "dataset": "$short-stripes",
-              "exporter": "$short-pt2"}
+              "metric": "$short-brightness", "exporter": "$short-pt2"}
 # What each kind's torch code imports, merged into one import block.
 _IMPORTS = {
-    "model": {"torch": [], "torch.nn": ["nn"], "aigc_kit.core.plugin_api": ["ModelBundle", "square_image_size"]},
+    "model": {"torch": [], "torch.nn": ["nn"], "aigc_kit.core.errors": ["UserError"],
+              "aigc_kit.core.plugin_api": ["ModelBundle", "square_image_size"]},
     "loss": {"torch": [], "torch.nn.functional": ["F"],
-             "aigc_kit.core.plugin_api": ["ModelBundle", "OptimizerSettings", "Phase"]},
+             "aigc_kit.core.plugin_api": ["ModelBundle", "OptimizerSettings", "Phase", "training_noise"]},
     "sampler": {"math": [], "torch": [], "torch.nn": ["nn"]},
     "dataset": {"math": [], "torch": [], "aigc_kit.core.plugin_api": ["DatasetBundle", "DatasetInfo"]},
+    "metric": {"torch": [], "aigc_kit.core.errors": ["UserError"]},
     "exporter": {"pathlib": ["Path"], "torch": [], "torch.nn": ["nn"], "aigc_kit.core.errors": ["ValidationFailed"]},
 }
 # How each kind's conformance test calls the kit (small networks keep the tests at seconds).
 _CHECKS = {
-    "model": 'aigc_kit.check_model(registry, "{name}", resolutions=(16, 32), channels=(1, 3), options={{"width": 8}})',
-    "loss": 'aigc_kit.check_loss(registry, "{name}", model_options={{"width": 8}})',
-    "sampler": 'aigc_kit.check_sampler(registry, "{name}", model_options={{"width": 8}})',
+    "model": 'aigc_kit.check_model(registry, "{name}", resolutions=(16, 32), channels=(1, 3), options={{"width": 8}})\n'
+             '    # class-conditional, as on labelled data: the label must change the samples and the critic\'s scores\n'
+             '    aigc_kit.check_model(registry, "{name}", resolutions=(16,), channels=(3,), options={{"width": 8}}, '
+             'classes=3)',
+    "loss": 'aigc_kit.check_loss(registry, "{name}", model_options={{"width": 8}})\n'
+            '    aigc_kit.check_loss(registry, "{name}", model_options={{"width": 8}}, classes=3)',
+    "sampler": 'aigc_kit.check_sampler(registry, "{name}", model_options={{"width": 8}})\n'
+               '    aigc_kit.check_sampler(registry, "{name}", model_options={{"width": 8}}, classes=3)',
     "dataset": 'aigc_kit.check_dataset(registry, "{name}", options={{"size": 8}})',
+    "metric": 'aigc_kit.check_metric(registry, "{name}")\n'
+              '    aigc_kit.check_metric(registry, "{name}", data_options={{"resolution": 16, "size": 64, '
+              '"labels": True}})',
     "exporter": 'aigc_kit.check_exporter(registry, "{name}", filename="model.pt2", model_options={{"width": 8}})',
 }
 
@@ -76,7 +86,8 @@ def new_plugin(name: str, directory: str | Path | None = None, kinds: tuple[str,
     module = name.replace("-", "_")
     words = {"distribution": name, "module": module, "short": short,
              "Short": "".join(part.capitalize() for part in short.split("-")),
-             "kinds": ", ".join(kinds), "host_version": _minor(host_version())}
+             "kinds": ", ".join(kinds), "host_version": _minor(host_version()),
+             "typing_import": "from typing import Literal\n\n" if "model" in kinds else ""}
     names = {kind: Template(_COMPONENT[kind]).substitute(words) for kind in kinds}
     words["component_list"] = ", ".join(f"{kind} `{names[kind]}`" for kind in kinds)
 
@@ -148,6 +159,8 @@ def _example_config(names: dict[str, str], words: dict[str, str]) -> str:
                   "checkpoint_every": 100},
         "export": {"format": "onnx", "file": "model.onnx"},
     }
+    if "metric" in names:
+        config["train"].update(eval_every=100, eval={"samples": 256, "metrics": [{"name": names["metric"]}]})
     header = (f"# A short run with {words['distribution']}'s components: aigc-kit run example.yaml\n"
               "# (the package must be installed, so that aigc-kit finds its entry point).\n")
     if "exporter" in names:

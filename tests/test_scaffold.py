@@ -53,11 +53,11 @@ def test_a_generated_package_installs_is_discovered_passes_its_tests_trains_and_
     run("-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", str(package))
     listing = run("-m", "aigc_kit.cli", "plugins")
     assert "tiny  [loaded]  entry point: aigc-kit-tiny 0.1.0" in listing
-    assert ("provides: model:tiny, loss:tiny-ragan, sampler:tiny-sphere, dataset:tiny-stripes, exporter:tiny-pt2"
-            in listing)
+    assert ("provides: model:tiny, loss:tiny-ragan, sampler:tiny-sphere, dataset:tiny-stripes, metric:tiny-brightness, "
+            "exporter:tiny-pt2" in listing)
 
     tests = run("-m", "pytest", "-q", "-p", "no:cacheprovider")
-    assert "5 passed" in tests
+    assert "6 passed" in tests
 
     run_dir = tmp_path / "run"
     trained = run("-m", "aigc_kit.cli", "run", "example.yaml", "--output", str(run_dir), "--set", "train.steps=30")
@@ -79,13 +79,18 @@ def test_each_kind_alone_makes_a_package_whose_component_passes_the_kit(kind, tm
     try:
         registry = testing.isolated_registry(plugin)
         component = {"model": f"only-{kind}", "loss": "only-loss-ragan", "sampler": "only-sampler-sphere",
-                     "dataset": "only-dataset-stripes", "exporter": "only-exporter-pt2"}[kind]
+                     "dataset": "only-dataset-stripes", "metric": "only-metric-brightness",
+                     "exporter": "only-exporter-pt2"}[kind]
         assert registry.names(kind).count(component) == 1
         check = {
-            "model": lambda: testing.check_model(registry, component, resolutions=(16, 64), channels=(1, 3),
-                                                 options={"width": 4}),
-            "loss": lambda: testing.check_loss(registry, component, model_options={"width": 8}),
-            "sampler": lambda: testing.check_sampler(registry, component, model_options={"width": 8}),
+            "model": lambda: (testing.check_model(registry, component, resolutions=(16, 64), channels=(1, 3),
+                                                  options={"width": 4}),
+                              testing.check_model(registry, component, resolutions=(32,), channels=(3,),
+                                                  options={"width": 4}, classes=("a", "b", "c"))),
+            "loss": lambda: testing.check_loss(registry, component, model_options={"width": 8}, classes=2),
+            "sampler": lambda: testing.check_sampler(registry, component, model_options={"width": 8}, classes=2),
+            "metric": lambda: testing.check_metric(registry, component, data_options={
+                "resolution": 16, "size": 64, "labels": True}),
             "dataset": lambda: testing.check_dataset(registry, component, options={"size": 4, "channels": 1}),
             "exporter": lambda: testing.check_exporter(registry, component, tmp_path, filename="m.pt2",
                                                        model_options={"width": 8}),
@@ -120,3 +125,8 @@ def test_bad_names_kinds_and_folders_are_user_errors_that_write_nothing(tmp_path
     refused = CliRunner().invoke(cli, ["new-plugin", "tiny", "--dir", str(occupied)])
     assert refused.exit_code == 2 and "not empty" in refused.output and "--dir" in refused.output
     assert [path.name for path in occupied.iterdir()] == ["notes.txt"]
+
+
+def test_the_command_offers_every_kind_the_scaffold_has_an_example_of():
+    option = next(param for param in cli.commands["new-plugin"].params if param.name == "kinds")
+    assert tuple(option.type.choices) == SCAFFOLD_KINDS
