@@ -118,7 +118,7 @@ def test_classifier_free_guidance_is_the_unconditional_plus_w_times_the_differen
 def test_a_run_on_labelled_data_trains_a_conditional_model_with_one_grid_row_per_class(cgan_run, registry):
     trained = load_trained(cgan_run, registry)
     generator = trained.components.model.networks["generator"]
-    assert generator.embedding is not None and generator.embedding.num_embeddings == 3
+    assert generator.classes == 3 and generator.layers[1].gain.num_embeddings == 3  # class-conditional BatchNorm
     assert trained.components.model.conditions["label"].classes == tuple(CLASSES)
     grid = Image.open(max((cgan_run / "samples").glob("*.png")))
     assert grid.height == 2 + 3 * 18  # sample_count 4 per class would not fit; one row per class of 16 + 2
@@ -277,3 +277,24 @@ def test_eval_of_a_conditional_run_and_of_its_export_reports_agreement_per_class
         assert 0 <= values["class-agreement/agreement"] <= 1
         assert {f"class-agreement/agreement/{name}" for name in CLASSES} <= set(values)
         assert "fid/intra_fid" in values
+
+
+def test_eval_samples_a_guided_run_at_the_guidance_asked_for_and_refuses_it_for_a_gan(guided_run, cgan_run, cgan_onnx,
+                                                                                      tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGC_KIT_CACHE", str(tmp_path / "cache"))
+    reports = {}
+    for scale in ("0", "5"):
+        out = tmp_path / f"w{scale}.json"
+        result = CliRunner().invoke(cli, ["eval", str(guided_run), "--metric", "fid", "--option", "fid.real_samples=64",
+                                          "-n", "32", "--guidance", scale, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        reports[scale] = json.loads(out.read_text())
+    assert reports["0"]["guidance_scale"] == 0 and reports["5"]["guidance_scale"] == 5
+    assert reports["0"]["values"]["fid/fid"] != reports["5"]["values"]["fid/fid"]
+    for source in (cgan_run, cgan_onnx):
+        refused = CliRunner().invoke(cli, ["eval", str(source), "--metric", "fid", "--guidance", "2",
+                                           "--out", str(tmp_path / "no.json")])
+        assert refused.exit_code == 2 and "takes no guidance scale" in refused.output, refused.output
+    too_much = CliRunner().invoke(cli, ["eval", str(guided_run), "--metric", "fid", "--guidance", "1000",
+                                        "--out", str(tmp_path / "no.json")])
+    assert too_much.exit_code == 2 and "from 0 to 100" in too_much.output
