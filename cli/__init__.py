@@ -340,11 +340,13 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
 @click.option("-n", "count", type=click.IntRange(min=2), default=10000, show_default=True,
               help="Generated samples to evaluate.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seeds the noise.")
+@click.option("--guidance", type=float, help="Conditional diffusion samplers: the classifier-free guidance scale "
+                                            "to sample with (default: the run's, or the export's).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The JSON report (default: RUN_DIR/eval.json, or MODEL.eval.json beside an ONNX file).")
 @click.pass_obj
 def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tuple[str, ...], count: int, seed: int,
-                 out: Path | None) -> None:
+                 guidance: float | None, out: Path | None) -> None:
     """Compute metrics of SOURCE's samples: a run directory, a checkpoint folder or an exported MODEL.onnx."""
     requested: dict[str, dict[str, Any]] = {name: {} for name in metrics}
     expected = "METRIC.KEY=VALUE for a metric given with --metric"
@@ -370,12 +372,12 @@ def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tu
             from aigc_kit.exporters.evaluate import evaluate_onnx
 
             report = evaluate_onnx(source, state.registry(), list(requested.items()), count, seed=seed,
-                                   progress=bar.update)
+                                   guidance=guidance, progress=bar.update)
         else:
             from aigc_kit.core.evaluation import evaluate_run
 
             report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed,
-                                  progress=bar.update)
+                                  guidance=guidance, progress=bar.update)
     width = max(len(key) for key in report["values"])
     click.echo(f"{source}: {count:,} samples, seed {seed}")
     for key, value in report["values"].items():

@@ -55,8 +55,10 @@ def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, ba
 
 
 def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
-                 *, seed: int = 0, batch_size: int = 500, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Metrics of ``count`` samples of a run directory or checkpoint; a JSON-able report."""
+                 *, seed: int = 0, batch_size: int = 500, guidance: float | None = None,
+                 progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Metrics of ``count`` samples of a run directory or checkpoint (with ``guidance``, a conditional diffusion
+    sampler's guidance scale instead of the run's); a JSON-able report."""
     import torch
 
     from . import conditions
@@ -68,14 +70,23 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
     metrics = build_metrics(registry, requested, components.data)
     generator = torch.Generator().manual_seed(seed)
     noise_shape = tuple(components.model.noise_shape)
+    options: dict[str, Any] = {}
+    if guidance is not None:
+        from .guidance import check_guidance
+
+        check_guidance(guidance, bool(components.model.conditions) and accepts(components.sampler.sample,
+                                                                                  "guidance_scale"))
+        options["guidance_scale"] = guidance
 
     def draw(n: int) -> Any:
         with torch.no_grad(), evaluating(trained.network):
             noise = components.sampler.noise(n, noise_shape, generator=generator)
             drawn = conditions.draw(components.model.conditions, n, generator)
-            samples = conditions.sample(components.sampler, trained.network, noise, drawn, generator=generator)
+            samples = conditions.sample(components.sampler, trained.network, noise, drawn, generator=generator,
+                                        **options)
             return samples.float(), drawn
 
     values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(source), "checkpoint": str(trained.checkpoint), "samples": count, "seed": seed,
-            "values": values}
+            **({"guidance_scale": guidance} if guidance is not None else {}), "values": values}
+

@@ -16,13 +16,15 @@ import numpy as np
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.evaluation import build_metrics, evaluate
+from aigc_kit.core.guidance import check_guidance
 from aigc_kit.core.registry import Registry
 
 
 def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
-                  *, seed: int = 0, batch_size: int = 500, progress: Callable[[int], Any] | None = None
-                  ) -> dict[str, Any]:
-    """Metrics of ``count`` samples of the exported model at ``path``; a JSON-able report."""
+                  *, seed: int = 0, batch_size: int = 500, guidance: float | None = None,
+                  progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Metrics of ``count`` samples of the exported model at ``path`` (at guidance scale ``guidance``, for a guided
+    sampler); a JSON-able report."""
     import torch
 
     from .runtime import OnnxGenerator, from_pixels
@@ -36,17 +38,20 @@ def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[st
     name = section.pop("name")
     data = registry.build("dataset", name, registry.options("dataset", name, section, field_prefix="data"),
                           field="data")
+    check_guidance(guidance, generator.guidance_scale is not None, file=str(path))
     metrics = build_metrics(registry, requested, data)
     low, high = tuple(generator.output["value_range"])
     rng = np.random.default_rng(seed)
 
     def draw(n: int) -> Any:
         labels = generator.labels(None, n, rng)  # random classes for a conditional model, None otherwise
-        output = generator.session.run([generator.output["name"]], generator.feeds(n, rng, labels=labels))[0]
+        output = generator.session.run([generator.output["name"]], generator.feeds(n, rng, labels=labels,
+                                                                                     guidance=guidance))[0]
         if generator.output["dtype"] == "uint8":
             output = from_pixels(output, (low, high))
         samples = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))
         return samples if labels is None else (samples, {"label": torch.from_numpy(labels)})
 
     values = evaluate(metrics, draw, count, batch_size, progress)
-    return {"source": str(path), "provider": generator.provider, "samples": count, "seed": seed, "values": values}
+    return {"source": str(path), "provider": generator.provider, "samples": count, "seed": seed,
+            **({"guidance_scale": guidance} if guidance is not None else {}), "values": values}

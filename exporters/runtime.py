@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from aigc_kit.core.errors import UserError
+from aigc_kit.core.guidance import check_guidance
 from aigc_kit.core.timesteps import sampling_timesteps
 
 from .metadata import check_graph
@@ -283,14 +284,7 @@ class OnnxGenerator:
         return index
 
     def _check_guidance(self, guidance: float | None) -> None:
-        if guidance is None:
-            return
-        if self.guidance_scale is None:
-            raise UserError("this model takes no guidance scale (only a class-conditional diffusion sampler does)",
-                            field="guidance", given=guidance, file=str(self.path), hint="drop --guidance")
-        if not (math.isfinite(guidance) and 0 <= guidance <= 100):
-            raise UserError("the guidance scale is from 0 to 100", field="guidance", given=guidance,
-                            hint="1 is plain conditional sampling, 0 unconditional; 2 to 5 is common")
+        check_guidance(guidance, self.guidance_scale is not None, field="guidance", file=str(self.path))
 
     def _timesteps(self, steps: int | None, timesteps: Sequence[int] | None) -> list[int] | None:
         if steps is None and timesteps is None:

@@ -132,6 +132,8 @@ class DiffusionSampler:
         label = conditions["label"]
         if not isinstance(scale, torch.Tensor) and scale == 1:
             return denoiser(x_t, timesteps, label=label)
+        if not isinstance(scale, torch.Tensor) and scale == 0:  # the unconditional prediction alone
+            return denoiser(x_t, timesteps, label=torch.full_like(label, -1))
         both = denoiser(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]),
                         label=torch.cat([torch.full_like(label, -1), label]))
         n = x_t.shape[0]
