@@ -188,7 +188,7 @@ class OnnxExporter:
                 raise
             if what == "sampler":
                 report["step_bytes"] = step_bytes
-            set_metadata(model, self.metadata(what, sampler, request, report))
+            set_metadata(model, self.metadata(what, sampler, request, report, traced_sample_shape(model)))
             model.producer_name = request.metadata.get("aigc_kit.producer", "aigc-kit")
             model.producer_version = request.metadata.get("aigc_kit.producer_version", "")
             onnx.save_model(model, temporary)
@@ -391,22 +391,30 @@ class OnnxExporter:
 
     # -- what the file says about itself ----------------------------------------------------------------------
 
-    def metadata(self, what: str, sampler: Any, request: ExportRequest, report: dict[str, Any]) -> dict[str, str]:
-        """``metadata_props``: the run's provenance plus what the graph's inputs and outputs mean."""
+    def metadata(self, what: str, sampler: Any, request: ExportRequest, report: dict[str, Any],
+                 traced: tuple[int, ...] | None = None) -> dict[str, str]:
+        """``metadata_props``: the run's provenance plus what the graph's inputs and outputs mean.
+
+        ``traced``: one sample's shape as the written graph outputs it (channels first), which the metadata
+        records rather than the data's (a network may make 3 channels of 4-channel data).
+        """
         options = self.options
-        sample_shape = list(request.sample_shape)
+        sample_shape = list(traced or request.sample_shape)
         low, high = request.value_range
         image = {"channels": sample_shape[0], "resolution": sample_shape[1:], "value_range": [low, high]}
+        prior = getattr(sampler, "prior", None)  # None: a plugin sampler that does not say; read as normal
+        drawn = f"the {prior['kind']} prior in aigc_kit.prior" if prior else \
+            "the sampler's prior (not recorded: its sampler has no prior attribute; standard normal assumed)"
         if what == "generator":
             inputs = [{"name": "z", "shape": ["batch", *request.noise_shape], "dtype": "float32",
-                       "semantics": "latent noise, standard normal", "latent_size": list(request.noise_shape)}]
+                       "semantics": f"latent noise, from {drawn}", "latent_size": list(request.noise_shape)}]
         elif what == "denoiser":
             inputs = [{"name": "x_t", "shape": ["batch", *sample_shape], "dtype": "float32",
                        "semantics": "noisy sample at timestep t"},
                       {"name": "t", "shape": ["batch"], "dtype": "int64", "semantics": "integer timestep per sample"}]
         else:
             inputs = [{"name": "noise", "shape": ["batch", *sample_shape], "dtype": "float32",
-                       "semantics": "x_T, standard normal"}]
+                       "semantics": f"x_T, from {drawn}"}]
             if sampler.uses_step_noise:
                 inputs.append({"name": "step_noise", "shape": ["steps", "batch", *sample_shape], "dtype": "float32",
                                "semantics": "fresh standard normal noise for each step"})
@@ -440,7 +448,7 @@ class OnnxExporter:
         return metadata_properties({
             "family": "diffusion" if is_stepwise(sampler) else "generator", "graph": what, "inputs": inputs,
             "outputs": outputs, "sampling": sampler_info, "opset": str(options.opset),
-            "prior": getattr(sampler, "prior", None),
+            "prior": prior,
             "precision": options.precision, "validation": validation,
         }, request.metadata)
 
@@ -563,3 +571,14 @@ def _quiet_exporter() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def traced_sample_shape(model: Any) -> tuple[int, ...] | None:
+    """One sample's shape (channels first) from the graph's first output, or None if a dimension is not fixed."""
+    dims = [dim.dim_value if dim.HasField("dim_value") else None
+            for dim in model.graph.output[0].type.tensor_type.shape.dim][1:]
+    if not dims or any(dim is None or dim <= 0 for dim in dims):
+        return None
+    if model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8 and len(dims) == 3:
+        dims = [dims[2], dims[0], dims[1]]  # NHWC pixels
+    return tuple(dims)

@@ -97,8 +97,9 @@ def test_the_metadata_describes_inputs_outputs_provenance_and_validation(gan_run
     meta = metadata(tmp_path / "g.onnx")
     assert meta["aigc_kit.family"] == "generator" and meta["aigc_kit.graph"] == "generator"
     assert json.loads(meta["aigc_kit.inputs"])[0] == {
-        "name": "z", "shape": ["batch", 8], "dtype": "float32", "semantics": "latent noise, standard normal",
-        "latent_size": [8]}
+        "name": "z", "shape": ["batch", 8], "dtype": "float32",
+        "semantics": "latent noise, from the normal prior in aigc_kit.prior", "latent_size": [8]}
+    assert json.loads(meta["aigc_kit.prior"]) == {"kind": "normal"}
     output = json.loads(meta["aigc_kit.outputs"])[0]
     assert (output["channels"], output["resolution"], output["value_range"]) == (3, [16, 16], [-1.0, 1.0])
     components = json.loads(meta["aigc_kit.components"])
@@ -110,6 +111,33 @@ def test_the_metadata_describes_inputs_outputs_provenance_and_validation(gan_run
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "g.onnx")])
     assert result.exit_code == 0, result.output
     assert "generator model 'dcgan'" in result.output and "input z: float32 batchx8" in result.output
+
+
+def test_the_metadata_takes_the_output_shape_from_the_graph_and_says_when_the_prior_is_unknown(tmp_path):
+
+    class ThreeChannels(torch.nn.Module):  # a generator making RGB from 4-channel (RGBA) data
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3 * 8 * 8)
+
+        def forward(self, z):
+            return torch.tanh(self.linear(z)).view(-1, 3, 8, 8)
+
+    class Unsaid:  # a plugin sampler with no prior attribute
+        def noise(self, n, shape, generator=None, device=None):
+            return torch.randn(n, *shape, generator=generator)
+
+        def sample(self, network, noise, generator=None):
+            return network(noise)
+
+    exporter = default_registry().create("exporter", "onnx", validate_batch_sizes=[1])
+    exporter.export(ExportRequest(ThreeChannels().eval(), Unsaid(), (4,), (4, 8, 8), (-1.0, 1.0),
+                                  str(tmp_path / "rgb.onnx")))
+    meta = metadata(tmp_path / "rgb.onnx")
+    output = json.loads(meta["aigc_kit.outputs"])[0]
+    assert output["shape"] == ["batch", 3, 8, 8] and output["channels"] == 3
+    assert "not recorded" in json.loads(meta["aigc_kit.inputs"])[0]["semantics"]
+    assert "aigc_kit.prior" not in meta or json.loads(meta["aigc_kit.prior"]) is None
 
 
 def test_the_exporter_traces_a_cpu_fp32_copy_and_leaves_the_callers_network_as_it_was(gan_run,
