@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from aigc_kit.cli import cli
 from aigc_kit.core.distributed import SyncBatchNorm, convert_batchnorm
 
+from .conftest import tiny_config
+
 # A deterministic loss (no noise drawn), so one process with batch 2b and two with b compute the same thing.
 PLUGIN = textwrap.dedent('''
     import os
@@ -171,6 +173,48 @@ def test_a_two_process_run_resumes_in_one_process_and_the_nproc_shortcut_launche
     assert resumed.exit_code == 0, resumed.output
     assert "resumed after step 2" in resumed.output
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_a_conditional_gan_trains_in_two_processes_and_each_keeps_its_labels_with_its_samples(tmp_path):
+    """Each process's share of a labelled batch keeps its labels: the loss sees the labels of its own samples."""
+    (tmp_path / "spy_plugin.py").write_text(textwrap.dedent('''
+        import json, os
+        import torch
+        from aigc_kit.core.plugin_api import ComponentSpec, hookimpl
+        from aigc_kit.plugins.datasets.shapes import ShapesDataset
+        from aigc_kit.plugins.gan_losses.losses import GanLoss
+
+        def build(options):
+            from aigc_kit.core.registry import default_registry
+            loss = default_registry().create("loss", "gan-bce")
+            original = loss.compute
+            reference = ShapesDataset(16, 3, 64, seed=0, backgrounds="varied", labels=True)
+            kinds = {reference[i]["sample"].numpy().tobytes(): reference[i]["label"] for i in range(64)}
+
+            def compute(phase, batch, bundle, step, conditions=None, sampler=None):
+                if phase.name == "discriminator":
+                    wanted = [kinds[sample.cpu().numpy().tobytes()] for sample in batch]
+                    with open(f"labels-{os.environ['RANK']}.jsonl", "a") as log:
+                        log.write(json.dumps([wanted, conditions["label"].tolist()]) + "\\n")
+                return original(phase, batch, bundle, step, conditions=conditions, sampler=sampler)
+
+            loss.compute = compute
+            return loss
+
+        @hookimpl
+        def aigc_register_losses():
+            return [ComponentSpec("spy", build, "gan-bce, recording each batch's labels.")]
+    '''))
+    config = tiny_config(data={"name": "shapes", "resolution": 16, "channels": 3, "size": 64, "labels": True,
+                               "seed": 0}, loss={"name": "spy"}, plugins=["spy_plugin.py"])
+    config["train"].update(steps=3, ema={"enabled": False})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    result = torchrun("run", "run.yaml", "--output", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        lines = [json.loads(line) for line in (tmp_path / f"labels-{rank}.jsonl").read_text().splitlines()]
+        assert len(lines) == 3 and all(wanted == given and len(given) == 8 for wanted, given in lines), lines  # 8 per process
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 
 def test_sync_batchnorm_in_one_process_is_plain_batchnorm():

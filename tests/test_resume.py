@@ -48,7 +48,19 @@ def signal_at(monkeypatch, step_to_stop: int, number: int = signal.SIGTERM) -> N
     monkeypatch.setattr(Trainer, "_step", step)
 
 
-@pytest.mark.parametrize("make_config", [tiny_config, tiny_unet_config], ids=["gan-bce", "diffusion"])
+LABELLED = {"name": "shapes", "resolution": 16, "channels": 3, "size": 64, "labels": True}
+
+
+def conditional_gan() -> dict:
+    return tiny_config(data=dict(LABELLED))
+
+
+def guided_unet() -> dict:  # label dropout draws random numbers every step: they must resume too
+    return tiny_unet_config(data=dict(LABELLED), sampler={"name": "ddim", "steps": 3, "guidance_scale": 2.0})
+
+
+@pytest.mark.parametrize("make_config", [tiny_config, tiny_unet_config, conditional_gan, guided_unet],
+                         ids=["gan-bce", "diffusion", "conditional-gan", "guided-diffusion"])
 def test_a_run_stopped_by_a_signal_and_resumed_matches_the_uninterrupted_run_bit_for_bit(
         make_config, builtin_registry, write_config, tmp_path, monkeypatch):
     path = write_config(resumable(make_config()))
