@@ -61,11 +61,13 @@ def test_a_conditional_generator_draws_other_images_for_other_classes_and_needs_
         generator(z)
 
 
-def test_the_projection_discriminator_adds_the_class_embedding_dotted_with_the_pooled_features():
+def test_the_discriminator_sees_one_hot_class_maps_and_adds_the_projection_of_its_pooled_features():
     discriminator = Discriminator(width=8, channels=3, resolution=16, classes=3).eval()
     images = torch.randn(2, 3, 16, 16)
     label = torch.tensor([0, 2])
-    features = discriminator.layers[:-1](images)
+    maps = torch.zeros(2, 3, 16, 16)
+    maps[0, 0], maps[1, 2] = 1, 1
+    features = discriminator.layers[:-1](torch.cat([images, maps], dim=1))
     plain = discriminator.layers[-1](features).reshape(-1)
     projection = (discriminator.embedding(label) * features.sum(dim=(2, 3))).sum(dim=1)
     torch.testing.assert_close(discriminator(images, label=label), plain + projection)

@@ -28,8 +28,8 @@ class DcganOptions(Options):
                                                         "discriminator layer (the widest has 8 or 16 times it).")
     pack: int = Field(1, ge=1, le=64, description="PacGAN packing: samples the discriminator judges together (batch must divide).")
     conditional: ConditionalOption = Field("auto", description=CONDITIONAL_HELP + " The generator takes the class "
-                                           "through class-conditional BatchNorm, the discriminator through "
-                                           "projection.")
+                                           "through class-conditional BatchNorm, the discriminator as one-hot "
+                                           "input maps and through projection.")
 
     @field_validator("resolution")
     @classmethod

@@ -106,16 +106,19 @@ def normalisation(kind: str, features: int, side: int) -> nn.Module:
 class Discriminator(nn.Module):
     """image -> one logit per sample, or per group of ``pack`` samples (no sigmoid: losses work on logits).
 
-    With ``classes``, ``forward(image, label)`` is the projection discriminator
-    (Miyato & Koyama 2018): psi(phi(x)) + embed(y) . phi(x), phi(x) the last
-    feature map summed over space.
+    With ``classes``, ``forward(image, label)`` sees the class twice: as one-hot
+    feature maps concatenated to the image (the input conditioning of most
+    conditional DCGANs), and through projection (Miyato & Koyama 2018):
+    psi(phi(x, y)) + embed(y) . phi(x, y), phi the last feature map summed over
+    space. On shapes, 5,000 steps of the conditional DCGAN reached a class
+    agreement of 0.62 with projection alone and 0.80 with both (docs/gans.md).
     """
 
     def __init__(self, width: int, channels: int, resolution: int, norm: str = "batch", pack: int = 1,
                  classes: int = 0) -> None:
         super().__init__()
-        self.pack = pack
-        layers: list[nn.Module] = [nn.Conv2d(channels * pack, width, 4, 2, 1, bias=norm != "batch"),
+        self.pack, self.classes = pack, classes
+        layers: list[nn.Module] = [nn.Conv2d((channels + classes) * pack, width, 4, 2, 1, bias=norm != "batch"),
                                    nn.LeakyReLU(0.2, inplace=True)]
         features, side = width, resolution // 2
         for _ in range(upsampling_layers(resolution)):
@@ -134,9 +137,12 @@ class Discriminator(nn.Module):
             nn.init.normal_(self.embedding.weight, 0.0, 0.02)
 
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.layers[:-1](pack_samples(image, self.pack))
+        if self.embedding is None:
+            features = self.layers[:-1](pack_samples(image, self.pack))
+            return self.layers[-1](features).reshape(-1)
+        label = conditioned_on(label, image)
+        maps = nn.functional.one_hot(label, self.classes).to(image.dtype)[:, :, None, None]
+        image = torch.cat([image, maps.expand(-1, -1, *image.shape[2:])], dim=1)
+        features = self.layers[:-1](image)  # no packing: a conditional model refuses it (refuse_packing_with_labels)
         logits = self.layers[-1](features).reshape(-1)
-        if self.embedding is not None:
-            projection = (self.embedding(conditioned_on(label, image)) * features.sum(dim=(2, 3))).sum(dim=1)
-            logits = logits + projection
-        return logits
+        return logits + (self.embedding(label) * features.sum(dim=(2, 3))).sum(dim=1)
