@@ -285,10 +285,14 @@ def validate(state: State, config: Path, overrides: tuple[str, ...]) -> None:
     from aigc_kit.core.device import check_precision, resolve_precision, select_device
     from aigc_kit.core.run import check
 
-    loaded = check(config, state.registry(), list(overrides))
+    loaded, conditions = check(config, state.registry(), list(overrides))
     c = loaded.config
     click.echo(f"{config}: valid (data {c.data.name}, model {c.model.name}, loss {c.loss.name}, "
                f"sampler {c.sampler.name}, {c.train.steps} steps)")
+    label = conditions.get("label")
+    if label is not None:
+        click.echo(f"  class-conditional on {label.count} classes: {', '.join(label.classes[:10])}"
+                   + (", ..." if label.count > 10 else ""))
     device = select_device(c.device)
     precision = resolve_precision(c.train.precision, device)
     check_precision(precision, device)

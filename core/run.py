@@ -96,14 +96,17 @@ def _with_shared_options(loaded: LoadedConfig, registry: Registry, section: str,
     return registry.options(section, part.name, {**given, **shared}, field_prefix=section)
 
 
-def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None) -> LoadedConfig:
-    """Validate a config and build its components, without training (``aigc-kit validate``)."""
+def check(config_path: str | Path, registry: Registry, overrides: list[str] | None = None
+          ) -> tuple[LoadedConfig, dict[str, Any]]:
+    """Validate a config and build its components, without training (``aigc-kit validate``); the config and the
+    conditions its model takes (``{"label": Condition}``, empty for an unconditional model)."""
     from .loop import check_components
 
     loaded = load_config(config_path, registry, overrides)
     with _errors_about(loaded):
-        check_components(build_components(loaded, registry, model_on_meta=True), loaded.config)
-    return loaded
+        components = build_components(loaded, registry, model_on_meta=True)
+        check_components(components, loaded.config)
+    return loaded, dict(components.model.conditions)
 
 
 @contextlib.contextmanager

@@ -300,3 +300,12 @@ def test_eval_samples_a_guided_run_at_the_guidance_asked_for_and_refuses_it_for_
     too_much = CliRunner().invoke(cli, ["eval", str(guided_run), "--metric", "fid", "--guidance", "1000",
                                         "--out", str(tmp_path / "no.json")])
     assert too_much.exit_code == 2 and "from 0 to 100" in too_much.output
+
+
+def test_validate_says_a_config_on_labelled_data_trains_a_class_conditional_model(write_config):
+    labelled = CliRunner().invoke(cli, ["validate", str(write_config(tiny_config(data=LABELLED)))])
+    assert labelled.exit_code == 0, labelled.output
+    assert "class-conditional on 3 classes: circle, square, triangle" in labelled.output
+    plain = CliRunner().invoke(cli, ["validate", str(write_config(tiny_config(data=LABELLED))), "--set",
+                                     "model.conditional=false"])
+    assert plain.exit_code == 0 and "class-conditional" not in plain.output

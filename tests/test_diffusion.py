@@ -136,7 +136,7 @@ def test_min_snr_weights_follow_hang_et_al(builtin_registry, prediction_type, we
 def test_the_schedule_set_on_the_model_reaches_the_loss_and_the_sampler(builtin_registry, write_config):
     config = tiny_unet_config()
     config["model"]["schedule"] = {"beta_schedule": "cosine", "num_train_timesteps": 400, "prediction_type": "v_prediction"}
-    loaded = check(write_config(config), builtin_registry)
+    loaded, _ = check(write_config(config), builtin_registry)
     components = build_components(loaded, builtin_registry, model_on_meta=True)
     assert torch.equal(components.loss.schedule.alphas_cumprod, components.sampler.schedule.alphas_cumprod)
     assert len(components.sampler.schedule.alphas_cumprod) == 400
