@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from aigc_kit.core import conditions
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
+from aigc_kit.core.plugin_api import Condition, ExportRequest, is_stepwise
 
 LABEL, GUIDANCE = "label", "guidance_scale"
 
@@ -66,9 +67,7 @@ class Conditioning:
 
     def draw(self, n: int, generator: torch.Generator, guidance: float | None = None) -> dict[str, torch.Tensor]:
         """Random labels for ``n`` samples (every class likely among them) and the guidance scale to use."""
-        drawn: dict[str, torch.Tensor] = {}
-        if self.classes:
-            drawn[LABEL] = torch.randint(0, len(self.classes), (n,), generator=generator)
+        drawn = conditions.draw({LABEL: Condition(classes=self.classes)}, n, generator) if self.classes else {}
         if self.guidance is not None:
             drawn[GUIDANCE] = torch.tensor(self.guidance if guidance is None else guidance, dtype=torch.float32)
         return drawn
