@@ -74,12 +74,12 @@ def scored(folder: Path, registry, samples: int, conditional: bool, guidance: fl
     return {**report["values"], "eval_seconds": time.perf_counter() - started}
 
 
-def classifier_floor(samples: int) -> float:
-    """Class agreement of real labelled shapes (16x16, black backgrounds, as the examples) with their labels."""
+def classifier_floor(samples: int, resolution: int) -> float:
+    """Class agreement of real labelled shapes (black backgrounds, as the examples) with their labels."""
     from aigc_kit.plugins.datasets.shapes import KINDS, ShapesDataset
     from aigc_kit.plugins.metrics.classifier import load_classifier
 
-    dataset = ShapesDataset(16, 3, samples, seed=1, backgrounds="black", labels=True)
+    dataset = ShapesDataset(resolution, 3, samples, seed=1, backgrounds="black", labels=True)
     items = [dataset[index] for index in range(samples)]
     images = torch.stack([item["sample"] for item in items])
     labels = torch.tensor([KINDS.index(dataset.kinds[item["label"]]) for item in items])
@@ -109,9 +109,10 @@ def main() -> None:
         results[conditional] = {"baseline": unconditional, "baseline_values": baseline, "by_guidance": rows,
                                 "training_seconds": {name: training_seconds(folder)
                                                      for name, folder in folders.items()}}
-    floor = classifier_floor(arguments.samples)
+    floor = {f"{side}x{side}": classifier_floor(arguments.samples, side) for side in (16, 32)}
+    floors = ", ".join(f"{side} {value:.4f}" for side, value in floor.items())
     print(f"\n{arguments.samples:,} samples per row, seed 0; FID against the dataset's first 10,000 images in the "
-          f"shapes classifier's features. Classifier on real shapes: agreement {floor:.4f}\n")
+          f"shapes classifier's features. Classifier on real shapes, agreement: {floors}\n")
     print("| model | guidance | class agreement | per class (circle / square / triangle) | FID | intra-FID | "
           "unconditional twin's FID | FID ratio |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
