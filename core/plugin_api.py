@@ -262,7 +262,22 @@ class StepwiseSampler(Sampler, Protocol):
 
     The ONNX exporter recognises it by these attributes and exports it as one
     loop over a traced transition (weights once, the step count chosen at run
-    time), and the network as a denoiser ``network(x_t, t)``.
+    time), and the network as a denoiser ``network(x_t, t)``. It calls nothing
+    else than what is listed here:
+
+    - :meth:`noise`, :attr:`timesteps`, :attr:`final_timestep`,
+      :attr:`uses_step_noise` and :meth:`transition`;
+    - :meth:`sample`, to check the exported graph against: with
+      ``step_noise`` (one noise tensor per step, stacked: ``(steps, n, ...)``)
+      only when :attr:`uses_step_noise`, with ``conditions`` only for a
+      conditional model, with ``guidance_scale`` only when :meth:`transition`
+      takes it (a tensor when traced);
+    - optionally ``with_steps(steps)`` (a copy with ``steps`` timesteps, the
+      same spacing), for ``export.steps``; ``guidance_scale``, the default of
+      a guided export's ``guidance_scale`` input (1 if absent); ``prior``, the
+      noise it draws, for the metadata (``{"kind": "normal"}``, say); ``eta`` and ``prediction_type``, recorded in the metadata when present;
+      and ``schedule.num_train_timesteps``, the range of ``t`` a denoiser export
+      is checked over (else up to the largest of :attr:`timesteps`).
     """
 
     timesteps: list[int]
@@ -273,7 +288,13 @@ class StepwiseSampler(Sampler, Protocol):
     """Whether each transition takes fresh noise."""
 
     def transition(self, network: Any, x_t: Any, timestep: Any, previous: Any, noise: Any = None) -> Any:
-        """One step from ``x_t`` at ``timestep`` to ``previous`` (ints, or 0-dim int64 tensors when traced)."""
+        """One step from ``x_t`` at ``timestep`` to ``previous`` (ints, or 0-dim int64 tensors when traced).
+
+        ``noise`` is the step's fresh noise when :attr:`uses_step_noise`, else
+        None. A conditional sampler also takes ``conditions`` (passed on to the
+        network); a guided one ``guidance_scale``. Traced for export: tensor
+        operations only, no Python branches on tensor values.
+        """
 
 
 def training_noise(sampler: Any, n: int, shape: tuple[int, ...], device: Any = None) -> Any:

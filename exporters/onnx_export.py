@@ -250,13 +250,13 @@ class OnnxExporter:
         feeds: list[dict[str, np.ndarray]] = []
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
         drawn = conditioning.draw(count, generator)
-        guided = {**conditioning.sampling_conditions(drawn), "guidance_scale": conditioning.guidance or 1.0}
+        guided = conditioning.sampling_conditions(drawn)
         for index, timestep in enumerate(sampler.timesteps):
             previous = landing(sampler, index)
             noise = torch.randn(x.shape, generator=generator) if sampler.uses_step_noise else None
             if what == "denoiser":
                 feed = {"x_t": x, "t": torch.full((count,), timestep, dtype=torch.long)}
-                if LABEL in drawn:  # a guided sampler calls the denoiser without a class and with one
+                if LABEL in drawn and conditioning.null_class:  # guided: the denoiser without a class and with one
                     feed = {"x_t": torch.cat([x, x]), "t": torch.cat([feed["t"], feed["t"]]),
                             LABEL: torch.cat([torch.full_like(drawn[LABEL], -1), drawn[LABEL]])}
             else:
@@ -332,7 +332,7 @@ class OnnxExporter:
         batch, timesteps = case.batch, case.timesteps
         if what != "sampler":  # a denoiser's labels include "no class" (-1), which guided sampling passes it
             inputs = graph.make_inputs(batch, generator)
-            if what == "denoiser" and LABEL in inputs:
+            if what == "denoiser" and LABEL in inputs and graph.conditioning.null_class:
                 inputs[LABEL][::2] = -1
             return inputs, graph.module(*(inputs[name] for name in graph.input_names)).float().numpy()
         if timesteps is not None:
@@ -346,8 +346,8 @@ class OnnxExporter:
             inputs["step_noise"] = step_noise
         if timesteps is not None:
             inputs["timesteps"] = torch.tensor(timesteps, dtype=torch.long)
-        expected = sampler.sample(network, noise, step_noise=step_noise,
-                                  **graph.conditioning.sampling_conditions(inputs))
+        fresh = {"step_noise": step_noise} if step_noise is not None else {}  # the protocol's stochastic case only
+        expected = sampler.sample(network, noise, **fresh, **graph.conditioning.sampling_conditions(inputs))
         return inputs, expected.float().numpy()
 
     def _reference_check(self, core: onnx.ModelProto, what: str, graph: Graph, tolerance: tuple[float, float],

@@ -21,7 +21,7 @@ import torch
 
 from aigc_kit.core import conditions
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.plugin_api import Condition, ExportRequest, is_stepwise
+from aigc_kit.core.plugin_api import Condition, ExportRequest, accepts, is_stepwise
 
 LABEL, GUIDANCE = "label", "guidance_scale"
 
@@ -33,20 +33,23 @@ class Conditioning:
     classes: tuple[str, ...] = ()
     guidance: float | None = None
     """The sampler's guidance scale, the ``guidance_scale`` input's default; None: no such input."""
+    null_class: bool = False
+    """Whether the network takes -1 for "no class": it does when its sampler guides (classifier-free guidance)."""
 
     @classmethod
     def of(cls, request: ExportRequest, what: str, sampler: Any) -> Conditioning:
         label = request.conditions.get(LABEL)
         if label is None or not label.count:
             return cls()
-        guided = what == "sampler" and is_stepwise(sampler)
-        return cls(tuple(label.classes), float(getattr(sampler, "guidance_scale", 1.0)) if guided else None)
+        guides = is_stepwise(sampler) and accepts(sampler.transition, GUIDANCE)
+        guidance = float(getattr(sampler, "guidance_scale", 1.0)) if guides and what == "sampler" else None
+        return cls(tuple(label.classes), guidance, null_class=guides)
 
     def specs(self, what: str) -> list[dict[str, Any]]:
         """The metadata of the condition inputs (see :mod:`.metadata`)."""
         specs: list[dict[str, Any]] = []
         if self.classes:
-            no_class = "; -1: no class (the unconditional prediction)" if what == "denoiser" else ""
+            no_class = "; -1: no class (the unconditional prediction)" if what == "denoiser" and self.null_class else ""
             specs.append({"name": LABEL, "shape": ["batch"], "dtype": "int64", "classes": list(self.classes),
                           "semantics": f"the class of each sample, 0 to {len(self.classes) - 1}{no_class}"})
         if self.guidance is not None:
