@@ -275,8 +275,9 @@ class StepwiseSampler(Sampler, Protocol):
     - optionally ``with_steps(steps)`` (a copy with ``steps`` timesteps, the
       same spacing), for ``export.steps``; ``guidance_scale``, the default of
       a guided export's ``guidance_scale`` input (1 if absent); ``prior``, the
-      noise it draws, for the metadata (``{"kind": "normal"}``, say); ``eta`` and ``prediction_type``, recorded in the metadata when present;
-      and ``schedule.num_train_timesteps``, the range of ``t`` a denoiser export
+      noise it draws, for the metadata (``{"kind": "normal"}``, say); ``eta``
+      and ``prediction_type``, recorded in the metadata when present; and
+      ``schedule.num_train_timesteps``, the range of ``t`` a denoiser export
       is checked over (else up to the largest of :attr:`timesteps`).
     """
 
