@@ -122,7 +122,9 @@ class TrainConfig(_Strict):
         False, description="Keep image networks and batches in channels-last memory order (faster convolutions on "
         "recent GPUs with mixed precision)."
     )
-    compile: bool = Field(False, description="Compile the networks with torch.compile (a slower start, faster steps).")
+    compile: bool = Field(False, description="Compile the networks with torch.compile (a slower start, faster steps); "
+                          "CUDA devices only: ignored on the CPU, with a warning (torch's CPU compiler gave NaN "
+                          "losses there on AVX2 CPUs).")
     cudnn_benchmark: bool = Field(
         False, description="Let cuDNN time its convolution algorithms for the run's shapes (CUDA only)."
     )

@@ -263,7 +263,11 @@ class Trainer:
         sampling = self.networks[self.bundle.sampling_network]
         ema = self.train.ema
         self.ema = EMA(sampling, ema.decay, ema.warmup, ema.power) if ema.enabled else None
-        if self.train.compile:  # in place, after the EMA copy: parameter names (and checkpoints) stay the same
+        if self.train.compile and device.type == "cpu":
+            warnings.warn("train.compile is ignored on the CPU: torch's CPU compiler computed the built-in GAN "
+                          "networks wrongly on AVX2 CPUs (NaN losses from the first step) and has crashed on others; "
+                          "training uncompiled", stacklevel=2)
+        elif self.train.compile:  # in place, after the EMA copy: parameter names (and checkpoints) stay the same
             for network in self.networks.values():
                 network.compile()
         noise_generator = torch.Generator().manual_seed(config.seed + 1)

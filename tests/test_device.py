@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -233,18 +234,11 @@ def test_channels_last_trains_the_same_weights_as_the_default_layout(builtin_reg
     assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
 
 
-def _compiler_available() -> bool:
-    import shutil
-
-    return shutil.which("cc") is not None or shutil.which("gcc") is not None
-
-
-@pytest.mark.skipif(not _compiler_available(), reason="torch.compile's CPU backend needs a C compiler (none found)")
-def test_compile_option_trains_and_checkpoints_under_the_usual_names(builtin_registry, write_config, tmp_path):
-    from safetensors.torch import load_file
-
+def test_compile_is_ignored_on_the_cpu_with_a_warning_and_the_run_trains(builtin_registry, write_config, tmp_path):
+    # torch 2.13's CPU compiler (inductor) turned the tiny DCGAN's losses into NaN at the first step on AVX2 CPUs
+    # (ATEN_CPU_CAPABILITY=avx2 reproduces it on others), so a run compiles on CUDA devices only.
     config = tiny_config()
     config["train"]["compile"] = True
-    outcome = run(write_config(config), builtin_registry, output=tmp_path / "run")
-    names = load_file(outcome.train.checkpoint / "weights.safetensors").keys()
-    assert names and not any("_orig_mod" in name for name in names)
+    with pytest.warns(UserWarning, match="train.compile is ignored on the CPU"):
+        outcome = run(write_config(config), builtin_registry, output=tmp_path / "run")
+    assert outcome.train.steps == 4 and all(math.isfinite(value) for value in outcome.train.last_logs.values())
