@@ -54,7 +54,9 @@ class UnetOptions(Options):
     attention_heads: int = Field(1, ge=1, description="Heads of each self-attention layer.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the residual blocks.")
     norm_groups: int = Field(32, ge=1, validate_default=True,
-                             description="GroupNorm groups; every level's channels must divide by it.")
+                             description="GroupNorm groups; every level's channels must divide by it. Where a "
+                             "level has one channel per group, its residual blocks' GroupNorm removes the time (and "
+                             "class) embedding added before it: keep two or more channels per group.")
     conditional: bool | Literal["auto"] = Field(
         "auto", description="Condition on the data's class labels: auto (when the data has labels), true or false. "
         "A class embedding is added to the time embedding.")
