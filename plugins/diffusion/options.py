@@ -56,7 +56,7 @@ class UnetOptions(Options):
     norm_groups: int = Field(32, ge=1, validate_default=True,
                              description="GroupNorm groups; every level's channels must divide by it. Where a "
                              "level has one channel per group, its residual blocks' GroupNorm removes the time (and "
-                             "class) embedding added before it: keep two or more channels per group.")
+                             "class) embedding added before it (docs/diffusion.md).")
     conditional: bool | Literal["auto"] = Field(
         "auto", description="Condition on the data's class labels: auto (when the data has labels), true or false. "
         "A class embedding is added to the time embedding.")
