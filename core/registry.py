@@ -61,7 +61,7 @@ DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
 STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
 TRACE_ENV = "AIGC_KIT_TRACE_PLUGINS"
 OWN_DISTRIBUTION = "aigc-kit"
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 @dataclass
@@ -314,7 +314,7 @@ class Registry:
         if not _NAME_PATTERN.match(spec.name or ""):
             raise ValueError(
                 f"{hook_name} returned an invalid {kind} name {spec.name!r}: "
-                "use letters, digits, '-', '_' or '.', and no ':'"
+                "use letters, digits, '-', '_', '.' or '+', and no ':'"
             )
         if not callable(spec.factory):
             raise TypeError(f"the factory of {kind} {spec.name!r} is not callable")

@@ -1,4 +1,5 @@
-"""Diffusion as plugins: the ``unet`` denoiser, the ``diffusion`` loss (DDPM objective), the ``ddim`` and ``ddpm`` samplers.
+"""Diffusion as plugins: the ``unet`` denoiser, the ``diffusion`` loss (DDPM objective), and the samplers:
+``ddim`` and ``ddpm``, and the few-step ``dpm-solver++``, ``unipc``, ``euler`` and ``heun``.
 
 The noise schedule and prediction type are options of the model
 (``model.schedule``): the model hands them to the loss and the sampler of a
@@ -26,9 +27,14 @@ from .options import (
     DdimOptions,
     DdpmOptions,
     DiffusionLossOptions,
+    DpmSolverOptions,
+    EulerOptions,
+    FewStepOptions,
+    HeunOptions,
     SamplerOptions,
     ScheduleOptions,
     UnetOptions,
+    UniPCOptions,
 )
 
 
@@ -84,10 +90,37 @@ def build_ddpm(options: DdpmOptions):
     return DDPMSampler(_schedule(options), options.steps, options.variance_type, **_sampling(options))
 
 
+def build_dpm_solver(options: DpmSolverOptions):
+    from .solvers import DPMSolverPlusPlus
+
+    return DPMSolverPlusPlus(_schedule(options), options.steps, options.solver_order, options.lower_order_final,
+                             **_sampling(options))
+
+
+def build_unipc(options: UniPCOptions):
+    from .solvers import UniPC
+
+    return UniPC(_schedule(options), options.steps, options.solver_order, options.lower_order_final,
+                 options.solver_type, **_sampling(options))
+
+
+def build_euler(options: EulerOptions):
+    from .solvers import EulerSampler
+
+    return EulerSampler(_schedule(options), options.steps, **_sampling(options))
+
+
+def build_heun(options: HeunOptions):
+    from .solvers import HeunSampler
+
+    return HeunSampler(_schedule(options), options.steps, **_sampling(options))
+
+
 def _sampling(options: SamplerOptions) -> dict:
     return {"timestep_spacing": options.timestep_spacing, "steps_offset": options.steps_offset,
             "clip_sample": options.clip_sample, "clip_sample_range": options.clip_sample_range,
-            "guidance_scale": options.guidance_scale}
+            "guidance_scale": options.guidance_scale,
+            **({"use_karras_sigmas": options.use_karras_sigmas} if isinstance(options, FewStepOptions) else {})}
 
 
 @hookimpl
@@ -129,5 +162,29 @@ def aigc_register_samplers():
             build_ddpm,
             "DDPM ancestral sampling (Ho et al. 2020) over every training timestep or a strided subset.",
             DdpmOptions,
+        ),
+        ComponentSpec(
+            "dpm-solver++",
+            build_dpm_solver,
+            "DPM-Solver++ multistep (Lu et al. 2022), orders 1-3: DDIM-50 quality in 10-20 steps.",
+            DpmSolverOptions,
+        ),
+        ComponentSpec(
+            "unipc",
+            build_unipc,
+            "UniPC multistep predictor-corrector (Zhao et al. 2023), orders 1-3: strong at 5-10 steps.",
+            UniPCOptions,
+        ),
+        ComponentSpec(
+            "euler",
+            build_euler,
+            "Karras et al. 2022's Euler step on the probability-flow ODE (deterministic DDIM in another form).",
+            EulerOptions,
+        ),
+        ComponentSpec(
+            "heun",
+            build_heun,
+            "Karras et al. 2022's Heun sampler: second order, two network evaluations per step.",
+            HeunOptions,
         ),
     ]

@@ -150,3 +150,44 @@ class DdpmOptions(SamplerOptions):
     variance_type: Literal["fixed_small", "fixed_large"] = Field(
         "fixed_small", description="The step's variance: the posterior's (fixed_small) or beta (fixed_large), as in DDPM."
     )
+
+
+class FewStepOptions(SamplerOptions):
+    """What the few-step samplers share: the step count and Karras et al.'s noise levels."""
+
+    steps: int = Field(20, ge=1, description="Steps per sample (network evaluations, twice that less one for heun).")
+    use_karras_sigmas: bool = Field(
+        False, description="Visit the training timesteps nearest to Karras et al. 2022's noise levels (evenly spaced "
+        "in sigma^(1/7)) instead of timestep_spacing's; duplicates are dropped, so many steps may give fewer.")
+
+
+class MultistepOptions(FewStepOptions):
+    """What DPM-Solver++ and UniPC share: the order and the last steps' order."""
+
+    solver_order: int = Field(2, ge=1, le=3, description="How many earlier steps' predictions each step uses (its "
+                              "order): 2 is the usual for guided sampling, 3 for unguided.")
+    lower_order_final: bool = Field(True, description="Lower the order of the last steps (DPM-Solver++: second "
+                                    "order on the last but one when fewer than 15 steps; UniPC: no more than the "
+                                    "steps left); steadier with 10 steps or fewer.")
+
+
+class DpmSolverOptions(MultistepOptions):
+    """Options of the ``dpm-solver++`` sampler."""
+
+
+class UniPCOptions(MultistepOptions):
+    """Options of the ``unipc`` sampler."""
+
+    solver_type: Literal["bh1", "bh2"] = Field(
+        "bh2", description="UniPC's B(h): bh2 = e^-h - 1 (the better one with few steps for guided sampling), "
+        "bh1 = -h.")
+
+
+class EulerOptions(FewStepOptions):
+    """Options of the ``euler`` sampler."""
+
+
+class HeunOptions(FewStepOptions):
+    """Options of the ``heun`` sampler."""
+
+    steps: int = Field(10, ge=1, description="Steps per sample; each but the last evaluates the network twice.")

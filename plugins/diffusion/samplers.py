@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from aigc_kit.core.timesteps import sampling_timesteps
+from aigc_kit.core.timesteps import karras_timesteps, sampling_timesteps
 
 from .schedule import NoiseSchedule
 
@@ -45,12 +45,13 @@ class DiffusionSampler:
 
     def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
                  steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0,
-                 guidance_scale: float = 1.0) -> None:
+                 guidance_scale: float = 1.0, use_karras_sigmas: bool = False) -> None:
         self.schedule = schedule
         self.guidance_scale = guidance_scale
         self.steps = steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
-        self.timesteps = sampling_timesteps(schedule.num_train_timesteps, steps, timestep_spacing, steps_offset)
+        self.use_karras_sigmas = use_karras_sigmas
+        self.timesteps = self.sequence(steps)
         self.clip_sample = clip_sample
         self.clip_sample_range = clip_sample_range
         self.final_timestep = -1
@@ -60,9 +61,15 @@ class DiffusionSampler:
         """The same sampler over ``steps`` timesteps of the same spacing."""
         other = copy.copy(self)
         other.steps = steps
-        other.timesteps = sampling_timesteps(self.schedule.num_train_timesteps, steps, self.timestep_spacing,
-                                             self.steps_offset)
+        other.timesteps = self.sequence(steps)
         return other
+
+    def sequence(self, steps: int) -> list[int]:
+        """The timesteps of ``steps`` steps: the spacing's, or the training timesteps nearest to Karras et al.'s
+        noise levels with ``use_karras_sigmas`` (:mod:`aigc_kit.core.timesteps`, shared with the runtime)."""
+        if self.use_karras_sigmas:
+            return karras_timesteps(self.schedule.alphas_cumprod.numpy(), steps)
+        return sampling_timesteps(self.schedule.num_train_timesteps, steps, self.timestep_spacing, self.steps_offset)
 
     def noise(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
               device: torch.device | str | None = None) -> torch.Tensor:
@@ -86,7 +93,7 @@ class DiffusionSampler:
         Samplers that add fresh noise at each step draw it from ``generator``, or
         take it from ``step_noise`` (shape ``(steps, *noise.shape)``) when given.
         """
-        x = noise.float()
+        x = noise.to(torch.promote_types(noise.dtype, torch.float32))  # float64 stays, half precision rises
         for index, timestep in enumerate(self.timesteps):
             z = self.step_noise(x, index, generator, step_noise) if self.uses_step_noise else None
             x = self.transition(denoiser, x, timestep, self.previous(index), z, conditions, guidance_scale)

@@ -12,32 +12,19 @@ The arrays are computed in float64 and cast to the sample's dtype when used.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from aigc_kit.core.timesteps import betas
 
 from .options import BetaSchedule, PredictionType, ScheduleOptions
 
 
 def betas_for(schedule: BetaSchedule, num_train_timesteps: int, beta_start: float = 1e-4,
               beta_end: float = 0.02) -> torch.Tensor:
-    """The betas of a named schedule, in float64."""
-    steps = num_train_timesteps
-    if schedule == "linear":
-        return torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
-    if schedule == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
-    if schedule == "cosine":
-        # squaredcos_cap_v2: alpha-bar(s) = cos^2((s + 0.008) / 1.008 * pi / 2) for s in [0, 1]
-        def alpha_bar(s: float) -> float:
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-
-        return torch.tensor(
-            [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)],
-            dtype=torch.float64,
-        )
-    raise ValueError(f"unknown beta schedule {schedule!r}")
+    """The betas of a named schedule, in float64 (:func:`aigc_kit.core.timesteps.betas`, as a tensor)."""
+    return torch.from_numpy(betas(schedule, num_train_timesteps, beta_start, beta_end))
 
 
 @dataclass(frozen=True)
