@@ -278,7 +278,18 @@ class StepwiseSampler(Sampler, Protocol):
       noise it draws, for the metadata (``{"kind": "normal"}``, say); ``eta``
       and ``prediction_type``, recorded in the metadata when present; and
       ``schedule.num_train_timesteps``, the range of ``t`` a denoiser export
-      is checked over (else up to the largest of :attr:`timesteps`).
+      is checked over (else up to the largest of :attr:`timesteps`);
+    - optionally ``carried``, for a multistep sampler (below).
+
+    A multistep sampler (DPM-Solver++, UniPC) remembers earlier steps: it sets
+    ``carried`` to the number of tensors shaped like x it carries from one
+    step to the next, and its :meth:`transition` then also takes ``state``
+    (a tuple of that many tensors, zeros before the first step), ``index``
+    (the step's position, a 0-dim int64 tensor) and ``sequence`` (a 1-D int64
+    tensor: :attr:`timesteps`, then :attr:`final_timestep`), and returns
+    ``(x_next, next_state)``. The exporter's loop carries the state and hands
+    the step its index and the sequence, so a step count chosen at run time
+    reaches the step's own logic (warm-up orders, the last steps' order).
     """
 
     timesteps: list[int]
@@ -287,6 +298,8 @@ class StepwiseSampler(Sampler, Protocol):
     """Where the last transition lands (-1: the clean end of the process)."""
     uses_step_noise: bool
     """Whether each transition takes fresh noise."""
+    carried: int = 0
+    """Tensors shaped like x that each transition hands to the next (a multistep sampler's memory); 0: none."""
 
     def transition(self, network: Any, x_t: Any, timestep: Any, previous: Any, noise: Any = None) -> Any:
         """One step from ``x_t`` at ``timestep`` to ``previous`` (ints, or 0-dim int64 tensors when traced).

@@ -44,7 +44,19 @@ from .onnx_graphs import (
     unrolled_step,
     with_defaults,
 )
-from .onnx_inputs import GUIDANCE, LABEL, Conditioning, Graph, build_graph, export_copy, landing, resolve_graph
+from .onnx_inputs import (
+    GUIDANCE,
+    LABEL,
+    Conditioning,
+    Graph,
+    build_graph,
+    carried,
+    export_copy,
+    landing,
+    resolve_graph,
+    sequence_tensor,
+    state_names,
+)
 from .runtime import from_pixels
 
 TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1, 1]-sized range
@@ -142,7 +154,8 @@ class OnnxExporter:
             if layout.unrolled:
                 model = unroll_sampler(model, sampler.timesteps, sampler.final_timestep,
                                        uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape,
-                                       second_weights_from=layout.fp32_steps if options.precision == "int8" else None)
+                                       second_weights_from=layout.fp32_steps if options.precision == "int8" else None,
+                                       carried=carried(sampler))
             if options.precision != "fp32":
                 from .precision import convert
 
@@ -153,7 +166,8 @@ class OnnxExporter:
             if what == "sampler" and not layout.unrolled:
                 step_bytes = core.ByteSize()
                 model = loop_sampler(core, sampler.timesteps, sampler.final_timestep,
-                                     uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape)
+                                     uses_step_noise=sampler.uses_step_noise, sample_shape=request.sample_shape,
+                                     carried=carried(sampler))
             if what == "sampler":
                 model = with_defaults(model, graph.conditioning.defaults)
             if options.pixels == "uint8":
@@ -251,6 +265,9 @@ class OnnxExporter:
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
         drawn = conditioning.draw(count, generator)
         guided = conditioning.sampling_conditions(drawn)
+        states = state_names(carried(sampler))
+        state = tuple(torch.zeros_like(x) for _ in states)
+        sequence = sequence_tensor(sampler)
         for index, timestep in enumerate(sampler.timesteps):
             previous = landing(sampler, index)
             noise = torch.randn(x.shape, generator=generator) if sampler.uses_step_noise else None
@@ -263,8 +280,14 @@ class OnnxExporter:
                 feed = {"x": x, "timestep": torch.tensor(timestep), "previous": torch.tensor(previous), **drawn}
                 if noise is not None:
                     feed["noise"] = noise
+                if states:
+                    feed.update(index=torch.tensor(index), sequence=sequence, **dict(zip(states, state, strict=True)))
             feeds.append(_numpy(feed))
-            x = sampler.transition(network, x, timestep, previous, noise, **guided)
+            if states:
+                x, state = sampler.transition(network, x, timestep, previous, noise, **guided, state=state,
+                                              index=torch.tensor(index), sequence=sequence)
+            else:
+                x = sampler.transition(network, x, timestep, previous, noise, **guided)
         return feeds
 
     def _tolerance(self, what: str) -> tuple[float, float]:
@@ -362,19 +385,23 @@ class OnnxExporter:
         generator = torch.Generator().manual_seed(self.options.seed + 3)
         inputs = graph.make_inputs(1, generator)
         label = "one step" if what == "sampler" else what
+        states = state_names(carried(sampler)) if what == "sampler" else []
         if layout.unrolled:
             index = layout.fp32_steps
-            core = unrolled_step(core, index)
+            core = unrolled_step(core, index, graph.output_names[1:])
             inputs = {**inputs, "timestep": torch.tensor(sampler.timesteps[index]),
                       "previous": torch.tensor(landing(sampler, index))}
-            feeds = {"x": inputs["x"], **{name: inputs[name] for name in graph.conditioning.names}}
+            if states:
+                inputs.update(index=torch.tensor(index), sequence=sequence_tensor(sampler))
+            feeds = {"x": inputs["x"], **{name: inputs[name] for name in [*states, *graph.conditioning.names]}}
             if sampler.uses_step_noise:
                 feeds["step_noise"] = torch.randn(len(sampler.timesteps), *inputs["x"].shape, generator=generator)
                 inputs["noise"] = feeds["step_noise"][index]
             label = f"step {index + 1} of {len(sampler.timesteps)}"
         else:
             feeds = inputs
-        expected = graph.module(*(inputs[name] for name in graph.input_names)).float().numpy()
+        expected = graph.module(*(inputs[name] for name in graph.input_names))
+        expected = (expected[0] if isinstance(expected, tuple) else expected).float().numpy()  # x, not the state
         try:
             actual = ReferenceEvaluator(core, new_ops=_reference_qdq_ops()).run(None, _numpy(feeds))[0]
         except Exception as exc:  # noqa: BLE001 - an operator the reference evaluator lacks is not the model's fault
@@ -471,7 +498,7 @@ def trace(graph: Graph, opset: int, batch: int, seed: int) -> onnx.ModelProto:
             dynamo=True,
             opset_version=opset,
             input_names=graph.input_names,
-            output_names=[graph.output_name],
+            output_names=graph.output_names,
             dynamic_shapes=dynamic_shapes,
             external_data=False,
             optimize=True,

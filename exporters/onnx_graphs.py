@@ -17,7 +17,7 @@ STEPS = "steps"
 
 
 def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep: int, *,
-                 uses_step_noise: bool, sample_shape: Sequence[int]) -> onnx.ModelProto:
+                 uses_step_noise: bool, sample_shape: Sequence[int], carried: int = 0) -> onnx.ModelProto:
     """The whole sampler as one graph: an ONNX ``Loop`` whose body is ``step``.
 
     ``step`` maps ``(x, timestep, previous[, noise])`` to the next ``x``
@@ -28,11 +28,17 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     choose the step count at run time. The step's weights live in the body,
     once: the file is no bigger than one step.
 
+    A multistep sampler's step (``carried`` > 0) also takes ``index`` (the
+    iteration), ``sequence`` (the timesteps and the final one) and
+    ``state0``.. (zeros before the first step), and returns the next state
+    after x: the loop carries it along with x.
+
     Step inputs after those (a ``label``, a ``guidance_scale``) are the same at
     every step: they become inputs of the whole graph (:func:`with_defaults`
     gives them default values).
     """
-    invariant = _invariant_inputs(step, uses_step_noise)
+    invariant = _invariant_inputs(step, uses_step_noise, carried)
+    states = [f"state{k}" for k in range(carried)]
     rename = _prefixer("step/")
     body_graph = onnx.GraphProto()
     body_graph.CopyFrom(step.graph)
@@ -52,6 +58,9 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
     ]
     if uses_step_noise:
         head.append(helper.make_node("Gather", ["step_noise", index], [rename("noise")], name="step/take_noise"))
+    if carried:
+        head += [helper.make_node("Identity", [index], [rename("index")], name="step/take_index"),
+                 helper.make_node("Identity", ["timesteps_and_final"], [rename("sequence")], name="step/take_sequence")]
     head += [helper.make_node("Identity", [value.name], [rename(value.name)], name=f"step/take_{value.name}")
              for value in invariant]
     body = helper.make_graph(
@@ -59,9 +68,10 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
         "sampler_step",
         [helper.make_tensor_value_info(index, TensorProto.INT64, []),
          helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(rename("x"), TensorProto.FLOAT, image_type)],
+         *(helper.make_tensor_value_info(rename(name), TensorProto.FLOAT, image_type) for name in ["x", *states])],
         [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(body_graph.output[0].name, TensorProto.FLOAT, image_type)],
+         *(helper.make_tensor_value_info(output.name, TensorProto.FLOAT, image_type)
+           for output in body_graph.output[:1 + carried])],
         initializer=initializers,
         # no value_info: the step's (from before a precision change, say) could contradict the loop's types
     )
@@ -70,7 +80,9 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
         helper.make_node("Squeeze", ["steps_shape", "zero_axis"], ["step_count"], name="step_count"),
         helper.make_node("Concat", ["timesteps", "final_timestep"], ["timesteps_and_final"], axis=0,
                          name="timesteps_and_final"),
-        helper.make_node("Loop", ["step_count", "true", "noise"], ["image"], name="sampler_loop", body=body),
+        *_zero_states(carried),
+        helper.make_node("Loop", ["step_count", "true", "noise", *(f"{name}_initial" for name in states)],
+                         ["image", *(f"{name}_final" for name in states)], name="sampler_loop", body=body),
     ]
     constants = [
         numpy_helper.from_array(np.asarray(timesteps, dtype=np.int64), "timesteps"),
@@ -78,6 +90,7 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
         numpy_helper.from_array(np.asarray(1, dtype=np.int64), "one"),
         numpy_helper.from_array(np.asarray([0], dtype=np.int64), "zero_axis"),
         numpy_helper.from_array(np.asarray(True), "true"),
+        *([numpy_helper.from_array(np.zeros(1, dtype=np.float32), "state_zero")] if carried else []),
     ]
     inputs = [helper.make_tensor_value_info("noise", TensorProto.FLOAT, image_type)]
     if uses_step_noise:
@@ -98,7 +111,7 @@ def loop_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep
 
 def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timestep: int, *,
                    uses_step_noise: bool, sample_shape: Sequence[int],
-                   second_weights_from: int | None = None) -> onnx.ModelProto:
+                   second_weights_from: int | None = None, carried: int = 0) -> onnx.ModelProto:
     """The whole sampler as one graph with one copy of ``step`` per timestep, each reading the same weights.
 
     Inputs ``noise`` [, ``step_noise``], output ``image``; the step count is
@@ -109,26 +122,34 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
     ``second_weights_from`` k, steps from k on read a second copy of the
     weights, so that quantizing those steps leaves the first k in fp32.
     Inputs the same at every step are inputs of the whole graph, as in
-    :func:`loop_sampler`.
+    :func:`loop_sampler`; a multistep sampler's state goes from each step
+    (``step{i}/<state output>``) to the next, zeros into the first.
     """
-    invariant = _invariant_inputs(step, uses_step_noise)
+    invariant = _invariant_inputs(step, uses_step_noise, carried)
+    states = [f"state{k}" for k in range(carried)]
+    state_outputs = [output.name for output in step.graph.output[1:1 + carried]]
     weights = {tensor.name for tensor in step.graph.initializer}
     initializers = list(step.graph.initializer)
     if second_weights_from is not None:
         initializers += [_renamed_tensor(tensor, f"late/{tensor.name}") for tensor in step.graph.initializer]
     sequence = [*timesteps, final_timestep]
-    nodes = []
-    x = "noise"
+    nodes = _zero_states(carried)
+    if carried:
+        initializers += [numpy_helper.from_array(np.asarray(sequence, dtype=np.int64), "sequence"),
+                         numpy_helper.from_array(np.zeros(1, dtype=np.float32), "state_zero")]
+    x, state = "noise", [f"{name}_initial" for name in states]
     for index in range(len(timesteps)):
         prefix = f"step{index}/"
         late = second_weights_from is not None and index >= second_weights_from
         initializers += [numpy_helper.from_array(np.asarray(sequence[index], dtype=np.int64), prefix + "timestep"),
                          numpy_helper.from_array(np.asarray(sequence[index + 1], dtype=np.int64), prefix + "previous")]
-        if uses_step_noise:
+        if uses_step_noise or carried:
             initializers.append(numpy_helper.from_array(np.asarray(index, dtype=np.int64), prefix + "index"))
+        if uses_step_noise:
             nodes.append(helper.make_node("Gather", ["step_noise", prefix + "index"], [prefix + "noise"],
                                           name=prefix + "take_noise"))
         outer = {"x": x, "timestep": prefix + "timestep", "previous": prefix + "previous", "noise": prefix + "noise",
+                 "index": prefix + "index", "sequence": "sequence", **dict(zip(states, state, strict=True)),
                  step.graph.output[0].name: prefix + "x", **{value.name: value.name for value in invariant}}
 
         def rename(name: str, prefix: str = prefix, outer: dict[str, str] = outer, late: bool = late) -> str:
@@ -149,7 +170,7 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
             copied.output[:] = [rename(name) for name in node.output]
             copied.name = prefix + (node.name or f"{node.op_type}_{number}")
             nodes.append(copied)
-        x = prefix + "x"
+        x, state = prefix + "x", [prefix + name for name in state_outputs]
     nodes.append(helper.make_node("Identity", [x], ["image"], name="image"))
     image_type = [BATCH, *sample_shape]
     inputs = [helper.make_tensor_value_info("noise", TensorProto.FLOAT, image_type)]
@@ -166,30 +187,43 @@ def unroll_sampler(step: onnx.ModelProto, timesteps: Sequence[int], final_timest
     return model
 
 
-def unrolled_step(model: onnx.ModelProto, index: int) -> onnx.ModelProto:
-    """Step ``index`` of an :func:`unroll_sampler` graph alone: ``x`` and the graph's other inputs -> ``x_next``."""
-    source = "noise" if index == 0 else f"step{index - 1}/x"
-    inputs = [source] + [value.name for value in model.graph.input if value.name != "noise"]
+def unrolled_step(model: onnx.ModelProto, index: int, state_outputs: Sequence[str] = ()) -> onnx.ModelProto:
+    """Step ``index`` of an :func:`unroll_sampler` graph alone: ``x`` (and ``state0``.. for a multistep sampler,
+    whose step graph's state outputs are ``state_outputs``) and the graph's other inputs -> ``x_next``."""
+    sources = {"noise" if index == 0 else f"step{index - 1}/x": "x"}
+    for k, output in enumerate(state_outputs):
+        sources[f"state{k}_initial" if index == 0 else f"step{index - 1}/{output}"] = f"state{k}"
+    inputs = list(sources) + [value.name for value in model.graph.input if value.name != "noise"]
     typed = onnx.shape_inference.infer_shapes(model)  # the extractor needs the types of the values it cuts at
     extracted = onnx.utils.Extractor(typed).extract_model(inputs, [f"step{index}/x"])
-    for value in extracted.graph.input:
-        if value.name == source:
-            value.name = "x"
-    for value in extracted.graph.output:
-        value.name = "x_next"
+    renamed = {**sources, f"step{index}/x": "x_next"}
+    for value in [*extracted.graph.input, *extracted.graph.output]:
+        value.name = renamed.get(value.name, value.name)
     for node in extracted.graph.node:
-        node.input[:] = ["x" if name == source else name for name in node.input]
-        node.output[:] = ["x_next" if name == f"step{index}/x" else name for name in node.output]
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
     return extracted
 
 
-def _invariant_inputs(step: onnx.ModelProto, uses_step_noise: bool) -> list[onnx.ValueInfoProto]:
-    """The step graph's inputs after ``x, timestep, previous[, noise]``; an error if those do not come first."""
+def _invariant_inputs(step: onnx.ModelProto, uses_step_noise: bool, carried: int = 0) -> list[onnx.ValueInfoProto]:
+    """The step graph's inputs after ``x, timestep, previous[, noise][, index, sequence, state0..]``; an error if
+    those do not come first."""
     names = [value.name for value in step.graph.input]
-    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else [])
+    expected = ["x", "timestep", "previous"] + (["noise"] if uses_step_noise else []) \
+        + (["index", "sequence", *(f"state{k}" for k in range(carried))] if carried else [])
     if names[:len(expected)] != expected:
         raise ValueError(f"the step graph's inputs are {names}, expected {expected} first")
     return [_copied(value) for value in step.graph.input[len(expected):]]
+
+
+def _zero_states(carried: int) -> list[onnx.NodeProto]:
+    """Nodes making ``state{k}_initial``, zeros shaped like ``noise``, from the initializer ``state_zero``."""
+    if not carried:
+        return []
+    nodes = [helper.make_node("Shape", ["noise"], ["noise_shape"], name="noise_shape")]
+    nodes += [helper.make_node("Expand", ["state_zero", "noise_shape"], [f"state{k}_initial"],
+                               name=f"state{k}_initial") for k in range(carried)]
+    return nodes
 
 
 def with_defaults(model: onnx.ModelProto, defaults: Mapping[str, np.ndarray]) -> onnx.ModelProto:

@@ -3,7 +3,9 @@
 Three graphs (``what``): ``generator`` (``z`` -> image, a noise-to-image
 sampler and its network), ``denoiser`` (``x_t``, ``t`` -> prediction) and
 ``sampler`` (one transition ``x, timestep, previous[, noise]`` -> the next x,
-which :mod:`.onnx_graphs` loops or unrolls). A conditional model's graphs also
+which :mod:`.onnx_graphs` loops or unrolls; a multistep sampler's transition
+also takes ``index``, ``sequence`` and its carried ``state0``, ``state1``, ...
+and returns the next state after x). A conditional model's graphs also
 take ``label`` (int64, one class per sample; -1 is "no class" for a denoiser),
 and a conditional diffusion sampler ``guidance_scale`` (float32, 0-dim), so
 that a runtime chooses the class and the guidance of each call.
@@ -92,7 +94,7 @@ class Graph:
 
     module: torch.nn.Module
     input_names: list[str]
-    output_name: str
+    output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
     make_inputs: Callable[[int, torch.Generator], dict[str, torch.Tensor]]
     conditioning: Conditioning = Conditioning()
@@ -129,12 +131,37 @@ class DenoiserGraph(_NamedInputs):
 
 
 class StepGraph(_NamedInputs):
-    """One sampler transition ``(x, timestep, previous[, noise][, label, guidance_scale])`` -> the next x."""
+    """One sampler transition ``(x, timestep, previous[, noise][, index, sequence, state...][, label,
+    guidance_scale])`` -> the next x (and the next state, for a multistep sampler)."""
 
-    def forward(self, *values: torch.Tensor) -> torch.Tensor:
+    def forward(self, *values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         inputs = self.inputs(values)
-        return self.sampler.transition(self.network, inputs["x"], inputs["timestep"], inputs["previous"],
-                                       inputs.get("noise"), **Conditioning.sampling_conditions(inputs))
+        extra = Conditioning.sampling_conditions(inputs)
+        count = carried(self.sampler)
+        if count:
+            extra.update(state=tuple(inputs[name] for name in state_names(count)), index=inputs["index"],
+                         sequence=inputs["sequence"])
+        result = self.sampler.transition(self.network, inputs["x"], inputs["timestep"], inputs["previous"],
+                                         inputs.get("noise"), **extra)
+        if not count:
+            return result
+        x_next, state = result
+        return (x_next, *state)
+
+
+def carried(sampler: Any) -> int:
+    """How many tensors shaped like x a stepwise sampler carries between steps (0: none, a one-step sampler)."""
+    return int(getattr(sampler, "carried", 0) or 0)
+
+
+def state_names(count: int) -> list[str]:
+    """The step graph's names of a multistep sampler's carried state."""
+    return [f"state{k}" for k in range(count)]
+
+
+def sequence_tensor(sampler: Any) -> torch.Tensor:
+    """The timesteps a multistep transition reads: the sampler's, then where the last step lands."""
+    return torch.tensor([*sampler.timesteps, sampler.final_timestep], dtype=torch.long)
 
 
 def export_copy(network: torch.nn.Module) -> torch.nn.Module:
@@ -174,7 +201,7 @@ def build_graph(what: str, network: torch.nn.Module, sampler: Any, request: Expo
         def generator_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
             return {"z": sampler.noise(n, noise_shape, generator=g), **conditioning.draw(n, g)}
 
-        return Graph(GeneratorGraph(network, sampler, names), names, "image",
+        return Graph(GeneratorGraph(network, sampler, names), names, ["image"],
                      {name: batch_axis for name in names if name != GUIDANCE}, generator_inputs, conditioning)
     if what == "denoiser":
         names = ["x_t", "t", *conditioning.names]
@@ -184,7 +211,7 @@ def build_graph(what: str, network: torch.nn.Module, sampler: Any, request: Expo
             return {"x_t": torch.randn(n, *sample_shape, generator=g), "t": torch.randint(0, total, (n,), generator=g),
                     **conditioning.draw(n, g)}
 
-        return Graph(DenoiserGraph(network, sampler, names), names, "prediction",
+        return Graph(DenoiserGraph(network, sampler, names), names, ["prediction"],
                      {name: batch_axis for name in names}, denoiser_inputs, conditioning)
 
     def step_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -193,11 +220,20 @@ def build_graph(what: str, network: torch.nn.Module, sampler: Any, request: Expo
                   "timestep": torch.tensor(sampler.timesteps[index]), "previous": torch.tensor(landing(sampler, index))}
         if sampler.uses_step_noise:
             inputs["noise"] = torch.randn(n, *sample_shape, generator=g)
+        if count:
+            inputs.update(index=torch.tensor(index), sequence=sequence_tensor(sampler),
+                          **{name: torch.randn(n, *sample_shape, generator=g) for name in states})
         return {**inputs, **conditioning.draw(n, g)}
 
-    names = ["x", "timestep", "previous"] + (["noise"] if sampler.uses_step_noise else []) + conditioning.names
-    axes = {name: batch_axis for name in ("x", "noise", LABEL) if name in names}
-    return Graph(StepGraph(network, sampler, names), names, "x_next", axes, step_inputs, conditioning)
+    count = carried(sampler)
+    states = state_names(count)
+    names = ["x", "timestep", "previous"] + (["noise"] if sampler.uses_step_noise else []) \
+        + (["index", "sequence", *states] if count else []) + conditioning.names
+    axes = {name: batch_axis for name in ("x", "noise", LABEL, *states) if name in names}
+    if count:
+        axes["sequence"] = {0: "sequence"}
+    return Graph(StepGraph(network, sampler, names), names, ["x_next", *(f"{name}_next" for name in states)], axes,
+                 step_inputs, conditioning)
 
 
 def landing(sampler: Any, index: int) -> int:

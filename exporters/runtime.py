@@ -25,7 +25,7 @@ import numpy as np
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.guidance import check_guidance
-from aigc_kit.core.timesteps import sampling_timesteps
+from aigc_kit.core.timesteps import timesteps_for
 
 from .metadata import check_graph
 from .metadata import parse as read_metadata
@@ -302,8 +302,7 @@ class OnnxGenerator:
             return [int(t) for t in timesteps]
         options = self.metadata["sampler_options"]
         try:
-            return sampling_timesteps(int(options["num_train_timesteps"]), steps,
-                                      options.get("timestep_spacing", "trailing"), int(options.get("steps_offset", 0)))
+            return timesteps_for(options, steps)
         except KeyError:
             raise UserError("the model's metadata does not say how its timesteps are spaced", file=str(self.path),
                             hint="pass the timesteps themselves") from None

@@ -10,6 +10,7 @@ the first tests measure (in float64, on steps evenly spaced in lambda).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -193,6 +194,19 @@ def test_each_sampler_matches_diffusers_scheduler_of_the_same_name(name, options
         assert (actual - expected).abs().max().item() < 1e-4, (steps, spacing, karras)
 
 
+@pytest.mark.parametrize("schedule", [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)])
+def test_karras_timesteps_are_diffusers_rounded_karras_timesteps(schedule):
+    diffusers = _diffusers()
+    name, start, end = schedule
+    options = {"num_train_timesteps": 1000, "use_karras_sigmas": True, "beta_schedule": name, "beta_start": start,
+               "beta_end": end}
+    for steps in (5, 10, 20, 30):
+        scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule=name, beta_start=start, beta_end=end,
+                                                         use_karras_sigmas=True)
+        scheduler.set_timesteps(steps)
+        assert timesteps_for(options, steps) == scheduler.timesteps.tolist()
+
+
 @pytest.mark.parametrize("name", ["dpm-solver++", "unipc"])
 def test_clipping_matches_diffusers_thresholding_at_sample_max_value_1(name):
     """diffusers' dynamic thresholding with sample_max_value 1 clips x_0 to [-1, 1], as clip_sample does."""
@@ -232,3 +246,70 @@ def test_guided_sampling_matches_diffusers_with_the_pipelines_guidance(name):
                               guided=guided)
     actual = ours.sample(denoiser, noise, conditions={"label": label}, guidance_scale=3.0)
     assert (actual - expected).abs().max().item() < 1e-4
+
+
+# -- one graph per sampler ---------------------------------------------------------------------------------------
+
+def _tiny_guided_unet(classes: int = 3):
+    from aigc_kit.plugins.diffusion.unet import UNet
+
+    torch.manual_seed(0)
+    unet = UNet(3, 8, width=8, channel_multipliers=(1, 2), blocks_per_level=1, attention_resolutions=(),
+                attention_heads=1, dropout=0.0, norm_groups=4, classes=classes)
+    torch.nn.init.normal_(unet.output[-1].weight, std=0.3)  # not the zero start: the network's output must count
+    return unet.eval()
+
+
+@pytest.mark.parametrize(("name", "options", "layout"), [
+    ("dpm-solver++", {"solver_order": 3, "use_karras_sigmas": True}, "loop"), ("unipc", {"solver_order": 2}, "loop"), ("euler", {}, "loop"),
+    ("heun", {}, "loop"), ("unipc", {"solver_order": 3}, "unrolled"), ("heun", {}, "unrolled"),
+], ids=["dpm++3-karras-loop", "unipc2-loop", "euler-loop", "heun-loop", "unipc3-unrolled", "heun-unrolled"])
+def test_each_sampler_exports_as_one_graph_that_matches_pytorch_at_run_time_steps_and_guidance(tmp_path, name,
+                                                                                               options, layout):
+    from aigc_kit.core.plugin_api import Condition, ExportRequest
+    from aigc_kit.exporters.runtime import OnnxGenerator
+
+    sampler = create("sampler", name, steps=5, guidance_scale=2.0, clip_sample=False, **options)
+    exporter = create("exporter", "onnx", validate_batch_sizes=[3], sampler_graph=layout)
+    path = tmp_path / f"{name}.onnx"
+    recorded = {"num_train_timesteps": 1000, "timestep_spacing": "trailing", **options}  # what a run records
+    report = exporter.export(ExportRequest(_tiny_guided_unet(), sampler, (3, 8, 8), (3, 8, 8), (-1.0, 1.0), str(path),
+                                           metadata={"aigc_kit.sampler_options": json.dumps(recorded)},
+                                           conditions={"label": Condition(classes=("a", "b", "c"))}))
+    # Each check passed the exporter's fp32 sampler tolerance, |onnx - torch| <= 1e-3 + 1e-3 |torch| (else it raises):
+    # batch sizes, another step count (a loop), guidance 0 and 4. Unclipped, this network's samples reach |x| ~ 20.
+    checks = report["checks"]
+    assert report["sampler_graph"] == layout and all(check["passed"] for check in checks)
+    assert {check.get("guidance_scale") for check in checks} >= {0.0, 2.0, 4.0}
+    assert any(check.get("steps") == 3 for check in checks) == (layout == "loop")
+    assert report["reference_evaluator"]["passed"]  # onnx's reference evaluator on one step, state included
+    model = OnnxGenerator(path)
+    noise = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    if layout == "loop":  # a step count chosen at run time: the state and the order follow the sequence given
+        other = sampler.with_steps(8)
+        expected = other.sample(_tiny_guided_unet(), torch.from_numpy(noise), conditions={"label": torch.tensor([0, 2])},
+                                guidance_scale=3.0).numpy()
+        actual = exporter.load(path)(noise, label=np.array([0, 2]), guidance_scale=np.float32(3.0),
+                                     timesteps=np.array(other.timesteps))
+        assert np.allclose(actual, expected, atol=1e-3, rtol=1e-3)
+        # the runtime computes another step count's timesteps as the sampler does (Karras levels too)
+        assert model._timesteps(8, None) == other.timesteps
+    assert model.generate(2, seed=0, labels=[0, 2]).shape == (2, 8, 8, 3)
+
+
+def test_a_multistep_loop_stores_the_weights_once_and_carries_its_state(tmp_path):
+    import onnx
+
+    from aigc_kit.core.plugin_api import ExportRequest
+
+    sampler = create("sampler", "unipc", steps=4, solver_order=3, clip_sample=False)
+    path = tmp_path / "unipc.onnx"
+    create("exporter", "onnx", validate_batch_sizes=[1]).export(
+        ExportRequest(_tiny_guided_unet(classes=0), sampler, (3, 8, 8), (3, 8, 8), (-1.0, 1.0), str(path)))
+    model = onnx.load_model(str(path))
+    loop = next(node for node in model.graph.node if node.op_type == "Loop")
+    assert len(loop.input) == 3 + sampler.carried and len(loop.output) == 1 + sampler.carried  # x and 4 states
+    body = loop.attribute[0].g
+    weights = sum(tensor.ByteSize() for tensor in body.initializer)
+    parameters = sum(p.numel() for p in _tiny_guided_unet(classes=0).parameters()) * 4
+    assert parameters <= weights < 1.5 * parameters and not model.graph.initializer[0].dims[1:]

@@ -50,7 +50,8 @@ def _finite(value: torch.Tensor) -> torch.Tensor:
     infinite (the step to sigma 0); the order selected never does, but NaN or
     inf in an unused branch would still reach int8 calibration and debuggers.
     """
-    return torch.where(torch.isfinite(value) & (value != 0), value, torch.ones_like(value))
+    # |v| < inf rather than isfinite: also false for NaN, and ONNX's IsInf takes no fp16 before opset 20
+    return torch.where((value.abs() < float("inf")) & (value != 0), value, torch.ones_like(value))
 
 
 def _step_count(sequence: torch.Tensor) -> torch.Tensor:
