@@ -335,6 +335,14 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
                 click.echo(f"note: the {kind} name {spec.name!r} is offered by several plugins; use {name!r}")
 
 
+SAMPLER_OPTION = click.option(
+    "--sampler", metavar="NAME", help="Sample with this sampler instead of the run's (its options as far as the new "
+    "one has them; `aigc-kit plugins` lists samplers): ddim, dpm-solver++, unipc, euler, heun, ...")
+SAMPLER_OPTIONS = click.option(
+    "--sampler-option", "sampler_options", multiple=True, metavar="KEY=VALUE",
+    help="An option of the sampler (repeatable; values are YAML), e.g. --sampler-option solver_order=3.")
+
+
 @cli.command("eval")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--metric", "metrics", multiple=True, required=True, metavar="NAME",
@@ -348,10 +356,22 @@ def plugins(state: State, as_json: bool, trace: bool) -> None:
                                             "to sample with (default: the run's, or the export's).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The JSON report (default: RUN_DIR/eval.json, or MODEL.eval.json beside an ONNX file).")
+@SAMPLER_OPTION
+@SAMPLER_OPTIONS
 @click.pass_obj
 def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tuple[str, ...], count: int, seed: int,
-                 guidance: float | None, out: Path | None) -> None:
-    """Compute metrics of SOURCE's samples: a run directory, a checkpoint folder or an exported MODEL.onnx."""
+                 guidance: float | None, out: Path | None, sampler: str | None,
+                 sampler_options: tuple[str, ...]) -> None:
+    """Compute metrics of SOURCE's samples: a run directory, a checkpoint folder or an exported MODEL.onnx.
+
+    A run samples with its own sampler, or with --sampler NAME (and --sampler-option KEY=VALUE).
+    """
+    from aigc_kit.core.errors import UserError
+
+    switched = _sampler_request(sampler, sampler_options)
+    if switched and source.suffix == ".onnx":
+        raise UserError("an exported file holds the sampler it was exported with", field="--sampler",
+                        file=str(source), hint="export the run again with --sampler, or eval the run directory")
     requested: dict[str, dict[str, Any]] = {name: {} for name in metrics}
     expected = "METRIC.KEY=VALUE for a metric given with --metric"
     for item in extra:
@@ -381,7 +401,7 @@ def eval_command(state: State, source: Path, metrics: tuple[str, ...], extra: tu
             from aigc_kit.core.evaluation import evaluate_run
 
             report = evaluate_run(source, state.registry(), list(requested.items()), count, seed=seed,
-                                  guidance=guidance, progress=bar.update)
+                                  guidance=guidance, progress=bar.update, sampler=switched)
     width = max(len(key) for key in report["values"])
     click.echo(f"{source}: {count:,} samples, seed {seed}")
     for key, value in report["values"].items():
@@ -417,13 +437,22 @@ def new_plugin(name: str, directory: Path | None, kinds: tuple[str, ...]) -> Non
     click.echo(f"next: pip install -e '{target}[test]' && aigc-kit plugins && python -m pytest {target}")
 
 
-def _key_value(item: str, expected: str) -> tuple[str, Any]:
+def _sampler_request(name: str | None, items: tuple[str, ...]) -> dict[str, Any] | None:
+    """``--sampler`` and ``--sampler-option``s as :func:`aigc_kit.core.run.switched_sampler` takes them."""
+    request: dict[str, Any] = {"name": name} if name else {}
+    for item in items:
+        key, value = _key_value(item, "KEY=VALUE", "--sampler-option")
+        request[key] = value
+    return request or None
+
+
+def _key_value(item: str, expected: str, option: str = "--option") -> tuple[str, Any]:
     """``--option KEY=VALUE``: the key, and the value read as YAML."""
     import yaml
 
     key, separator, value = item.partition("=")
     if not separator or not key.strip():
-        raise click.BadParameter(f"expected {expected}, got {item!r}", param_hint="--option")
+        raise click.BadParameter(f"expected {expected}, got {item!r}", param_hint=option)
     return key.strip(), yaml.safe_load(value)
 
 
@@ -456,13 +485,17 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
               help="Batch sizes to check onnxruntime against PyTorch at (default 1,5; the traced 2 is added).")
 @click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any other exporter option (repeatable; values are YAML), e.g. --option atol=1e-5.")
+@SAMPLER_OPTION
+@SAMPLER_OPTIONS
 @click.pass_obj
 def export(state: State, source: Path, format_: str, out: Path, what: str | None, precision: str | None,
            steps: int | None, sampler_graph: str | None, pixels: str | None, opset: int | None,
-           batch_sizes: tuple[int, ...] | None, extra: tuple[str, ...]) -> None:
+           batch_sizes: tuple[int, ...] | None, extra: tuple[str, ...], sampler: str | None,
+           sampler_options: tuple[str, ...]) -> None:
     """Export SOURCE (a run directory or checkpoint folder) and check the file against PyTorch.
 
-    The same options can sit in a run config's `export:` section.
+    The same options can sit in a run config's `export:` section. A diffusion model exports with its
+    run's sampler, or with another one: --sampler dpm-solver++ --steps 10.
     """
     from aigc_kit.core.run import export as export_run
 
@@ -472,7 +505,8 @@ def export(state: State, source: Path, format_: str, out: Path, what: str | None
     for item in extra:
         key, value = _key_value(item, "KEY=VALUE")
         options[key] = value
-    _echo_export(export_run(source, state.registry(), format=format_, out=out, options=options))
+    _echo_export(export_run(source, state.registry(), format=format_, out=out, options=options,
+                            sampler=_sampler_request(sampler, sampler_options)))
 
 
 def _echo_export(report: dict[str, Any]) -> None:
@@ -526,9 +560,11 @@ def _echo_export(report: dict[str, Any]) -> None:
                    "other), or 'all': -n images of every class, one grid row each. Default: random classes.")
 @click.option("--guidance", type=float, help="Conditional diffusion samplers: the classifier-free guidance scale "
                                              "(default: the export's; 0 unconditional, 1 conditional).")
+@click.option("--sampler", metavar="NAME", help="Diffusion samplers: the sampler to run, which must be the one the "
+              "file holds (each export holds one; `aigc-kit inspect` says which).")
 def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path | None, steps: int | None,
              batch_size: int, providers: str, threads: int | None, device_id: int, trt_cache: Path | None,
-             trt_fp16: bool, labels: tuple[str, ...], guidance: float | None) -> None:
+             trt_fp16: bool, labels: tuple[str, ...], guidance: float | None, sampler: str | None) -> None:
     """Generate images from an exported MODEL.onnx with onnxruntime alone (no PyTorch needed)."""
     from aigc_kit.core.errors import UserError
     from aigc_kit.exporters.images import check_places, write_images
@@ -545,6 +581,8 @@ def generate(model: Path, count: int, seed: int, out: Path | None, out_dir: Path
     except UserError as error:
         error.field = "--providers" if error.field == "providers" else error.field
         raise
+    if sampler is not None:
+        generator.check_sampler(sampler)
     try:
         written = write_images(generator, count, seed, out=out, out_dir=out_dir, batch_size=batch_size,
                                steps=steps, labels=_generate_labels(generator, labels, count), guidance=guidance,

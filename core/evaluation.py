@@ -56,16 +56,18 @@ def evaluate(metrics: dict[str, Any], draw: Callable[[int], Any], count: int, ba
 
 def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[str, dict[str, Any]]], count: int,
                  *, seed: int = 0, batch_size: int = 500, guidance: float | None = None,
-                 progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+                 progress: Callable[[int], Any] | None = None, sampler: dict[str, Any] | None = None
+                 ) -> dict[str, Any]:
     """Metrics of ``count`` samples of a run directory or checkpoint (with ``guidance``, a conditional diffusion
-    sampler's guidance scale instead of the run's); a JSON-able report."""
+    sampler's guidance scale instead of the run's; with ``sampler``, another sampler or other options, as
+    :func:`aigc_kit.core.run.switched_sampler` reads them); a JSON-able report."""
     import torch
 
     from . import conditions
     from .device import evaluating
     from .run import load_trained
 
-    trained = load_trained(source, registry)
+    trained = load_trained(source, registry, sampler=sampler)
     components = trained.components
     metrics = build_metrics(registry, requested, components.data)
     generator = torch.Generator().manual_seed(seed)
@@ -88,5 +90,6 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
 
     values = evaluate(metrics, draw, count, batch_size, progress)
     return {"source": str(source), "checkpoint": str(trained.checkpoint), "samples": count, "seed": seed,
+            "sampler": trained.loaded.resolved()["sampler"],
             **({"guidance_scale": guidance} if guidance is not None else {}), "values": values}
 

@@ -404,12 +404,14 @@ class TrainedRun:
     checkpoint: Path
 
 
-def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, Any] | None = None) -> TrainedRun:
+def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, Any] | None = None,
+                 sampler: dict[str, Any] | None = None) -> TrainedRun:
     """Rebuild a run's components from its checkpoint's config and load the sampling network's weights.
 
     ``source`` is a run directory (its latest checkpoint) or a checkpoint
     folder. The EMA weights are used when the checkpoint has them.
-    ``changes`` replace top-level config sections (``export``, for example).
+    ``changes`` replace top-level config sections (``export``, for example);
+    ``sampler`` samples with another sampler or other options (see :func:`switched_sampler`).
     """
     from .checkpoint import load_checkpoint
 
@@ -417,8 +419,15 @@ def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, A
     if not checkpoint.config:
         raise UserError("the checkpoint has no config.yaml", file=str(checkpoint.path))
     data = {**checkpoint.config, **(changes or {})}
+    if sampler:
+        data["sampler"] = switched_sampler(checkpoint.config.get("sampler") or {}, sampler, registry)
     data["output"] = {**data.get("output", {}), "overwrite": True}
-    loaded = parse_config(data, registry, source=checkpoint.path / "config.yaml", trusted=False)
+    try:
+        loaded = parse_config(data, registry, source=checkpoint.path / "config.yaml", trusted=False)
+    except UserError as error:
+        if sampler and (error.field or "").startswith("sampler"):
+            error.file = None  # the sampler's options came from the caller, not from the checkpoint's config
+        raise
     components = build_components(loaded, registry)
     name = components.model.sampling_network
     network = components.model.networks[name]
@@ -436,9 +445,28 @@ def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, A
     return TrainedRun(loaded=loaded, components=components, network=network, checkpoint=checkpoint.path)
 
 
+def switched_sampler(current: dict[str, Any], requested: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """The sampler section for ``requested`` (``name`` and options) in place of a run's ``current`` one.
+
+    The same sampler: its options, with the requested ones over them. Another
+    sampler: the requested options, and those of the run's that the new one
+    also has (its guidance scale, clipping, spacing), except ``steps``, whose
+    meaning differs from one sampler to another. The schedule comes from the
+    model, as in the run.
+    """
+    name = requested.get("name") or current.get("name")
+    options = {key: value for key, value in requested.items() if key != "name"}
+    if name == current.get("name"):
+        return {**current, **options}
+    fields = registry.spec("sampler", name).options.model_fields  # an unknown name: a UserError naming it
+    kept = {key: value for key, value in current.items() if key in fields and key not in ("name", "steps")}
+    return {"name": name, **kept, **options}
+
+
 def export(source: str | Path, registry: Registry, *, format: str = "onnx", out: str | Path,
-           options: dict[str, Any] | None = None) -> Any:
-    """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them)."""
+           options: dict[str, Any] | None = None, sampler: dict[str, Any] | None = None) -> Any:
+    """Export the sampling network of a run directory or checkpoint (its EMA weights when it has them),
+    with the run's sampler or the one ``sampler`` asks for (:func:`switched_sampler`)."""
     import torch
 
     rundir.check_output_file(Path(out), "--out")
@@ -446,7 +474,7 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
     from .device import evaluating
 
     try:
-        trained = load_trained(source, registry,
+        trained = load_trained(source, registry, sampler=sampler,
                                changes={"export": {"format": format, "file": Path(out).name, **(options or {})}})
     except UserError as error:
         if (error.field or "").startswith("export"):

@@ -202,6 +202,24 @@ class OnnxGenerator:
         return (self.metadata.get("sampling") or {}).get("steps")
 
     @property
+    def sampler(self) -> str | None:
+        """The name of the sampler the file holds (None for a generator, or a file exported outside a run)."""
+        return self.metadata.get("sampler") if self.metadata.get("graph") == "sampler" else None
+
+    def check_sampler(self, name: str) -> None:
+        """A :class:`UserError` unless the file holds the sampler ``name``: an export holds one sampler."""
+        held = self.sampler
+        if held is None:
+            what = "a generator" if self.metadata.get("graph") != "sampler" else "a sampler it does not name"
+            raise UserError(f"this file holds {what}, so there is no sampler to choose", field="--sampler",
+                            file=str(self.path), given=name, hint="drop --sampler")
+        if name != held:
+            raise UserError(f"this file holds the {held} sampler; each export holds one", field="--sampler",
+                            file=str(self.path), given=name,
+                            hint=f"export the run with --sampler {name} (aigc-kit export RUN_DIR --sampler {name} "
+                                 "--out OTHER.onnx), or drop --sampler")
+
+    @property
     def classes(self) -> list[str]:
         """The class names a conditional model's ``label`` input takes, in index order; empty if it takes none."""
         label = self._input("label")

@@ -313,3 +313,67 @@ def test_a_multistep_loop_stores_the_weights_once_and_carries_its_state(tmp_path
     weights = sum(tensor.ByteSize() for tensor in body.initializer)
     parameters = sum(p.numel() for p in _tiny_guided_unet(classes=0).parameters()) * 4
     assert parameters <= weights < 1.5 * parameters and not model.graph.initializer[0].dims[1:]
+
+
+# -- choosing the sampler of a trained run ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    from aigc_kit.core.registry import default_registry
+    from aigc_kit.core.run import run
+
+    from .test_diffusion import tiny_unet_config
+
+    folder = tmp_path_factory.mktemp("unet")
+    config = tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 0.5, "guidance_scale": 1.0,
+                                       "clip_sample": False})
+    (folder / "run.yaml").write_text(json.dumps(config))
+    run(folder / "run.yaml", default_registry(), output=folder / "run")
+    return folder / "run"
+
+
+def test_another_sampler_keeps_the_options_it_shares_with_the_runs_and_drops_the_others():
+    from aigc_kit.core.registry import default_registry
+    from aigc_kit.core.run import switched_sampler
+
+    current = {"name": "ddim", "steps": 50, "eta": 0.5, "clip_sample": False, "timestep_spacing": "linspace"}
+    registry = default_registry()
+    assert switched_sampler(current, {"name": "unipc", "solver_order": 3}, registry) == {
+        "name": "unipc", "clip_sample": False, "timestep_spacing": "linspace", "solver_order": 3}
+    assert switched_sampler(current, {"steps": 10}, registry) == {**current, "steps": 10}
+
+
+def test_export_and_eval_take_another_sampler_and_generate_says_which_one_a_file_holds(unet_run, tmp_path):
+    from click.testing import CliRunner
+
+    from aigc_kit.cli import cli
+    from aigc_kit.exporters.runtime import OnnxGenerator
+
+    path = tmp_path / "unipc.onnx"
+    exported = CliRunner().invoke(cli, ["export", str(unet_run), "--out", str(path), "--sampler", "unipc",
+                                        "--steps", "4", "--sampler-option", "solver_order=3"])
+    assert exported.exit_code == 0, exported.output
+    model = OnnxGenerator(path)
+    assert model.sampler == "unipc" and model.default_steps() == 4
+    assert model.metadata["sampler_options"]["solver_order"] == 3
+    assert model.metadata["sampler_options"]["clip_sample"] is False and "eta" not in model.metadata["sampler_options"]
+    wrong = CliRunner().invoke(cli, ["generate", str(path), "-n", "2", "--out", str(tmp_path / "a.png"),
+                                     "--sampler", "ddim"])
+    assert wrong.exit_code == 2 and "holds the unipc sampler" in wrong.output and "--sampler ddim" in wrong.output
+    assert "Traceback" not in wrong.output and not (tmp_path / "a.png").exists()
+    right = CliRunner().invoke(cli, ["generate", str(path), "-n", "2", "--out", str(tmp_path / "b.png"),
+                                     "--sampler", "unipc", "--steps", "6"])
+    assert right.exit_code == 0, right.output
+    bad = CliRunner().invoke(cli, ["export", str(unet_run), "--out", str(tmp_path / "c.onnx"), "--sampler", "unipc",
+                                   "--sampler-option", "solver_order=7"])
+    assert bad.exit_code == 2 and "sampler.solver_order" in bad.output and "config.yaml" not in bad.output
+    assert not (tmp_path / "c.onnx").exists()
+    onnx_eval = CliRunner().invoke(cli, ["eval", str(path), "--metric", "fid", "-n", "8", "--sampler", "heun"])
+    assert onnx_eval.exit_code == 2 and "export the run again with --sampler" in onnx_eval.output
+    report_path = tmp_path / "eval.json"
+    evaluated = CliRunner().invoke(cli, ["eval", str(unet_run), "--metric", "fid", "-n", "8", "--sampler", "heun",
+                                         "--sampler-option", "steps=2", "--option", "fid.real_samples=16",
+                                         "--out", str(report_path)])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(report_path.read_text())
+    assert report["sampler"]["name"] == "heun" and report["sampler"]["steps"] == 2
