@@ -5,11 +5,16 @@ Times (with `aigc_kit.exporters.bench`, what `aigc-kit bench` runs):
   against PyTorch eager fp32, eager bf16 autocast and torch.compile. Speed does not depend on the
   weights, so unless --gan-run is given the generator is trained for a few steps only;
 - the whole DDIM sampler of a diffusion run (--ddim-run, e.g. the `examples/ddim-shapes.yaml` run)
-  against PyTorch's sampling loop at the same step count.
+  against PyTorch's sampling loop at the same step count;
+- each sampler (DDIM, DPM-Solver++ 2M, UniPC, Euler, Heun) of a diffusion run (--sampler-run), at
+  about 10 network evaluations: its one-graph export under onnxruntime, the same sampler as a
+  PyTorch loop, and diffusers' scheduler of the same name in the loop diffusers' pipelines run
+  (scale the input, call the network, step), around the same network (needs diffusers).
 
 Then prints the ratios the targets are stated in.
 
     python benchmarks/export_speed.py [--threads 1] [--ddim-run runs/ddim-shapes] [--json out.json]
+    python benchmarks/export_speed.py --skip-gan --sampler-run runs/ddim-shapes --threads 2
 """
 
 from __future__ import annotations
@@ -38,6 +43,87 @@ def short_gan_run(folder: Path) -> Path:
     return run_dir
 
 
+SAMPLERS = [  # (label, sampler request, diffusers scheduler class, its options)
+    ("DDIM", {"name": "ddim", "steps": 10}, "DDIMScheduler", {"clip_sample": True}),
+    ("DPM-Solver++ 2M", {"name": "dpm-solver++", "steps": 10}, "DPMSolverMultistepScheduler",
+     {"thresholding": True, "sample_max_value": 1.0}),
+    ("UniPC-2", {"name": "unipc", "steps": 10}, "UniPCMultistepScheduler", {"thresholding": True,
+                                                                           "sample_max_value": 1.0}),
+    ("Euler", {"name": "euler", "steps": 10}, "EulerDiscreteScheduler", {}),
+    ("Heun", {"name": "heun", "steps": 5}, "HeunDiscreteScheduler", {"clip_sample": True}),
+]
+DIFFUSERS_BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+def diffusers_loop(name: str, options: dict, sampler, network):
+    """diffusers' scheduler ``name`` over ``sampler``'s timesteps, in its pipelines' loop around ``network``."""
+    import diffusers
+    import torch
+
+    schedule = sampler.schedule
+    scheduler = getattr(diffusers, name)(
+        num_train_timesteps=schedule.num_train_timesteps, prediction_type=schedule.prediction_type,
+        beta_schedule=DIFFUSERS_BETAS[sampler.beta_schedule], timestep_spacing="trailing", **options)
+    scheduler.set_timesteps(len(sampler.timesteps))
+    if [int(t) for t in scheduler.timesteps][::2 if name == "HeunDiscreteScheduler" else 1] != sampler.timesteps:
+        raise SystemExit(f"{name} visits other timesteps than {sampler.timesteps}: {scheduler.timesteps.tolist()}")
+
+    @torch.no_grad()
+    def run(noise: torch.Tensor) -> torch.Tensor:
+        scheduler.set_timesteps(len(sampler.timesteps))
+        x = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            batch = torch.full((noise.shape[0],), round(float(t)), dtype=torch.long)
+            x = scheduler.step(network(scheduler.scale_model_input(x, t), batch), t, x).prev_sample
+        return x
+
+    return run, len(scheduler.timesteps)
+
+
+def sampler_speed(run: Path, registry, batch_sizes: tuple[int, ...], threads: int, repeats: int,
+                  folder: Path) -> tuple[list[dict], dict]:
+    """Each sampler's export, PyTorch loop and diffusers loop, timed in turn at each batch size."""
+    import onnxruntime
+    import torch
+
+    from aigc_kit.core.run import export, load_trained
+    from aigc_kit.exporters.bench import measure_interleaved
+
+    torch.set_num_threads(threads)
+    rows, targets = [], {}
+    for label, request, scheduler, options in SAMPLERS:
+        trained = load_trained(run, registry, sampler=request)
+        sampler, network = trained.components.sampler, trained.network
+        sampler.beta_schedule = trained.loaded.options["model"].schedule.beta_schedule
+        path = folder / f"{request['name']}.onnx"
+        export(run, registry, out=path, sampler=request, options={"validate_batch_sizes": [1]})
+        settings = onnxruntime.SessionOptions()
+        settings.intra_op_num_threads = threads
+        settings.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+        theirs, evaluations = diffusers_loop(scheduler, options, sampler, network)
+        for batch in batch_sizes:
+            noise = torch.randn(batch, *trained.components.model.noise_shape, generator=torch.Generator().manual_seed(0))
+            feed = {"noise": noise.numpy()}
+            with torch.no_grad():
+                times = measure_interleaved({
+                    "onnxruntime": lambda session=session, feed=feed: session.run(None, feed),
+                    "pytorch loop": lambda sampler=sampler, network=network, noise=noise: sampler.sample(network,
+                                                                                                          noise),
+                    "diffusers loop": lambda theirs=theirs, noise=noise: theirs(noise),
+                }, repeats)
+            medians = {path: sorted(values)[len(values) // 2] * 1e3 for path, values in times.items()}
+            row = {"sampler": label, "batch": batch, "evaluations": evaluations, **medians}
+            rows.append(row)
+            print(f"{label:<16} batch {batch:>3}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()),
+                  file=sys.stderr)
+            targets[f"{label} batch {batch}: PyTorch loop / onnxruntime (target >= 1.5 at 16)"] = \
+                medians["pytorch loop"] / medians["onnxruntime"]
+            targets[f"{label} batch {batch}: diffusers loop / onnxruntime (target > 1)"] = \
+                medians["diffusers loop"] / medians["onnxruntime"]
+    return rows, targets
+
+
 def ratio(report, batch: int, numerator: str, denominator: str) -> float | None:
     top, bottom = report.fastest(batch, numerator), report.fastest(batch, denominator)
     return bottom.median_ms / top.median_ms if top and bottom else None
@@ -50,17 +136,28 @@ def main() -> None:
     parser.add_argument("--gan-run", type=Path)
     parser.add_argument("--ddim-run", type=Path)
     parser.add_argument("--ddim-batch-sizes", default="1,16")
+    parser.add_argument("--sampler-run", type=Path, help="A diffusion run: time each sampler (needs diffusers).")
+    parser.add_argument("--skip-gan", action="store_true", help="Leave out the GAN generator.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     registry = default_registry()
     results = {"machine": platform.processor() or platform.machine(), "threads": args.threads}
+    targets: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory() as folder:
+        if args.sampler_run:
+            sizes = tuple(int(size) for size in args.ddim_batch_sizes.split(","))
+            results["samplers"], sampler_targets = sampler_speed(args.sampler_run, registry, sizes, args.threads,
+                                                                 max(3, args.repeats // 4), Path(folder))
+            targets.update(sampler_targets)
+        if args.skip_gan:
+            report_targets(targets, results, args.json)
+            return
         gan_run = args.gan_run or short_gan_run(Path(folder))
         gan = bench(gan_run, registry, batch_sizes=(1, 64), threads=args.threads, repeats=args.repeats,
                     progress=lambda line: print(line, file=sys.stderr))
     print(format_report(gan))
     eager_1, onnx_1 = gan.row(1, "torch eager fp32"), gan.row(1, "onnxruntime fp32")
-    targets = {
+    targets |= {
         "batch 1: onnxruntime fp32 / eager fp32 (target >= 2)": eager_1.median_ms / onnx_1.median_ms,
         "batch 1: fastest PyTorch / onnxruntime fp32 (target > 1)": gan.fastest(1, "torch").median_ms
         / onnx_1.median_ms,
@@ -82,12 +179,16 @@ def main() -> None:
             targets[f"DDIM sampler batch {size}: fastest PyTorch / fastest onnxruntime"] = ratio(
                 ddim, size, "onnxruntime", "torch")
         results["ddim"] = ddim.as_dict()
+    report_targets(targets, results, args.json)
+
+
+def report_targets(targets: dict[str, float | None], results: dict, path: Path | None) -> None:
     print("\nratios")
     for name, value in targets.items():
         print(f"  {name}: {value:.2f}" if value is not None else f"  {name}: n/a")
     results["targets"] = targets
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    if path:
+        path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

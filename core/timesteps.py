@@ -81,12 +81,30 @@ def karras_timesteps(alphas_cumprod: np.ndarray, steps: int) -> list[int]:
     return sorted({int(t) for t in np.round(continuous)}, reverse=True)
 
 
+def sequence(alphas_cumprod: np.ndarray, steps: int, spacing: str = "trailing", offset: int = 0,
+             karras: bool = False, sigma_max: float | None = None) -> list[int]:
+    """The timesteps a sampler visits: the spacing's, or Karras levels (``karras``), over the training timesteps
+    whose sigma = sqrt((1 - alpha-bar) / alpha-bar) is at most ``sigma_max`` (default: all of them)."""
+    total = len(alphas_cumprod)
+    if sigma_max is not None:
+        sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+        below = np.nonzero(sigmas <= sigma_max)[0]
+        if not len(below):
+            raise ValueError(f"no timestep has sigma at most sigma_max {sigma_max:g} (the least is {sigmas[0]:.3g})")
+        total = int(below[-1]) + 1
+    if karras:
+        return karras_timesteps(alphas_cumprod[:total], steps)
+    return sampling_timesteps(total, steps, spacing, offset)
+
+
 def timesteps_for(options: Mapping[str, Any], steps: int) -> list[int]:
-    """The timesteps of ``steps`` steps for a sampler's options (its schedule, spacing and Karras choice)."""
+    """The timesteps of ``steps`` steps for a sampler's options (its schedule, spacing, Karras choice, sigma_max)."""
     total = int(options["num_train_timesteps"])
-    if options.get("use_karras_sigmas"):
-        table = np.cumprod(1.0 - betas(options.get("beta_schedule", "linear"), total,
-                                       float(options.get("beta_start", 1e-4)), float(options.get("beta_end", 0.02))))
-        return karras_timesteps(table, steps)
-    return sampling_timesteps(total, steps, options.get("timestep_spacing", "trailing"),
-                              int(options.get("steps_offset", 0)))
+    karras, sigma_max = bool(options.get("use_karras_sigmas")), options.get("sigma_max")
+    if not karras and sigma_max is None:  # no need for the schedule itself
+        return sampling_timesteps(total, steps, options.get("timestep_spacing", "trailing"),
+                                  int(options.get("steps_offset", 0)))
+    table = np.cumprod(1.0 - betas(options.get("beta_schedule", "linear"), total,
+                                   float(options.get("beta_start", 1e-4)), float(options.get("beta_end", 0.02))))
+    return sequence(table, steps, options.get("timestep_spacing", "trailing"), int(options.get("steps_offset", 0)),
+                    karras, None if sigma_max is None else float(sigma_max))

@@ -114,6 +114,21 @@ def test_karras_timesteps_are_the_training_timesteps_nearest_to_karras_noise_lev
         timesteps_for(options, 1001)
 
 
+def test_sigma_max_starts_at_the_noisiest_timestep_below_it_for_every_spacing():
+    options = {"num_train_timesteps": 1000, "beta_schedule": "cosine", "sigma_max": 80.0}
+    table = torch.cumprod(1 - betas_for("cosine", 1000), 0).numpy()
+    sigmas = np.sqrt((1 - table) / table)
+    top = int(np.nonzero(sigmas <= 80)[0][-1])
+    assert sigmas[top + 1] > 80 >= sigmas[top] and top < 999
+    for karras in (False, True):
+        sampler = create("sampler", "heun", steps=10, beta_schedule="cosine", sigma_max=80.0, use_karras_sigmas=karras)
+        assert sampler.timesteps[0] == top and sampler.timesteps == timesteps_for({**options,
+                                                                                   "use_karras_sigmas": karras}, 10)
+    assert create("sampler", "euler", steps=10, beta_schedule="cosine").timesteps[0] == 999
+    with pytest.raises(ValueError, match="no timestep has sigma at most sigma_max"):
+        timesteps_for({**options, "sigma_max": 1e-4}, 10)
+
+
 @pytest.mark.parametrize("name", ["dpm-solver++", "unipc", "euler", "heun"])
 def test_each_sampler_is_a_registered_component_with_diffusers_option_names(name):
     sampler = create("sampler", name, steps=10, num_train_timesteps=1000, use_karras_sigmas=True)
@@ -262,8 +277,8 @@ def _tiny_guided_unet(classes: int = 3):
 
 @pytest.mark.parametrize(("name", "options", "layout"), [
     ("dpm-solver++", {"solver_order": 3, "use_karras_sigmas": True}, "loop"), ("unipc", {"solver_order": 2}, "loop"), ("euler", {}, "loop"),
-    ("heun", {}, "loop"), ("unipc", {"solver_order": 3}, "unrolled"), ("heun", {}, "unrolled"),
-], ids=["dpm++3-karras-loop", "unipc2-loop", "euler-loop", "heun-loop", "unipc3-unrolled", "heun-unrolled"])
+    ("heun", {"sigma_max": 80.0}, "loop"), ("unipc", {"solver_order": 3}, "unrolled"), ("heun", {}, "unrolled"),
+], ids=["dpm++3-karras-loop", "unipc2-loop", "euler-loop", "heun-sigma-max-loop", "unipc3-unrolled", "heun-unrolled"])
 def test_each_sampler_exports_as_one_graph_that_matches_pytorch_at_run_time_steps_and_guidance(tmp_path, name,
                                                                                                options, layout):
     from aigc_kit.core.plugin_api import Condition, ExportRequest

@@ -120,7 +120,8 @@ def _sampling(options: SamplerOptions) -> dict:
     return {"timestep_spacing": options.timestep_spacing, "steps_offset": options.steps_offset,
             "clip_sample": options.clip_sample, "clip_sample_range": options.clip_sample_range,
             "guidance_scale": options.guidance_scale,
-            **({"use_karras_sigmas": options.use_karras_sigmas} if isinstance(options, FewStepOptions) else {})}
+            **({"use_karras_sigmas": options.use_karras_sigmas, "sigma_max": options.sigma_max}
+               if isinstance(options, FewStepOptions) else {})}
 
 
 @hookimpl

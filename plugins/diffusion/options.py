@@ -159,6 +159,10 @@ class FewStepOptions(SamplerOptions):
     use_karras_sigmas: bool = Field(
         False, description="Visit the training timesteps nearest to Karras et al. 2022's noise levels (evenly spaced "
         "in sigma^(1/7)) instead of timestep_spacing's; duplicates are dropped, so many steps may give fewer.")
+    sigma_max: float | None = Field(
+        None, gt=0, description="Start at the noisiest timestep whose sigma = sqrt((1 - alpha-bar) / alpha-bar) is "
+        "at most this (Karras et al. 2022 use 80), from noise drawn as at the last timestep. The cosine schedule "
+        "ends near sigma 20,000, which makes Heun's first step useless (docs/diffusion.md). Default: no limit.")
 
 
 class MultistepOptions(FewStepOptions):

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from aigc_kit.core.timesteps import karras_timesteps, sampling_timesteps
+from aigc_kit.core.timesteps import sequence
 
 from .schedule import NoiseSchedule
 
@@ -45,12 +45,13 @@ class DiffusionSampler:
 
     def __init__(self, schedule: NoiseSchedule, steps: int, timestep_spacing: str = "trailing",
                  steps_offset: int = 0, clip_sample: bool = True, clip_sample_range: float = 1.0,
-                 guidance_scale: float = 1.0, use_karras_sigmas: bool = False) -> None:
+                 guidance_scale: float = 1.0, use_karras_sigmas: bool = False,
+                 sigma_max: float | None = None) -> None:
         self.schedule = schedule
         self.guidance_scale = guidance_scale
         self.steps = steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
-        self.use_karras_sigmas = use_karras_sigmas
+        self.use_karras_sigmas, self.sigma_max = use_karras_sigmas, sigma_max
         self.timesteps = self.sequence(steps)
         self.clip_sample = clip_sample
         self.clip_sample_range = clip_sample_range
@@ -66,10 +67,10 @@ class DiffusionSampler:
 
     def sequence(self, steps: int) -> list[int]:
         """The timesteps of ``steps`` steps: the spacing's, or the training timesteps nearest to Karras et al.'s
-        noise levels with ``use_karras_sigmas`` (:mod:`aigc_kit.core.timesteps`, shared with the runtime)."""
-        if self.use_karras_sigmas:
-            return karras_timesteps(self.schedule.alphas_cumprod.numpy(), steps)
-        return sampling_timesteps(self.schedule.num_train_timesteps, steps, self.timestep_spacing, self.steps_offset)
+        noise levels with ``use_karras_sigmas``; with ``sigma_max``, from the noisiest timestep whose sigma is at
+        most that on (:func:`aigc_kit.core.timesteps.sequence`, shared with the runtime)."""
+        return sequence(self.schedule.alphas_cumprod.numpy(), steps, self.timestep_spacing, self.steps_offset,
+                        self.use_karras_sigmas, self.sigma_max)
 
     def noise(self, n: int, shape: tuple[int, ...], generator: torch.Generator | None = None,
               device: torch.device | str | None = None) -> torch.Tensor:
