@@ -81,12 +81,14 @@ def measure(call: Callable[[], Any], repeats: int, warmup: int = 2) -> list[floa
 
 
 def measure_interleaved(calls: dict[str, Callable[[], Any]], repeats: int,
-                        warmup: int = 2) -> dict[str, list[float]]:
+                        warmup: int = 2, pause: float = 0.0) -> dict[str, list[float]]:
     """Seconds per call of each of ``calls``, timed in turn: one call of each per round, ``repeats`` rounds.
 
     On a shared machine the speed available drifts over seconds (another tenant takes a core);
     timing the paths in turn makes each one see the same drift, so their ratios hold even when
-    the absolute times move.
+    the absolute times move. ``pause`` seconds, untimed, before each call let the previous path's
+    threads go idle: onnxruntime's keep spinning for a while after a run, and would take the cores
+    from the path timed after it.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -94,6 +96,8 @@ def measure_interleaved(calls: dict[str, Callable[[], Any]], repeats: int,
     times: dict[str, list[float]] = {label: [] for label in calls}
     for _ in range(repeats):
         for label, call in calls.items():
+            if pause:
+                time.sleep(pause)
             begin = time.perf_counter()
             call()
             times[label].append(time.perf_counter() - begin)

@@ -298,42 +298,50 @@ class EulerSampler(DiffusionSampler):
     In their variance-exploding form, x~ = x / alpha_t has noise level
     sigma~_t = sigma_t / alpha_t, and dx~/dsigma~ = (x~ - D(x~, sigma~)) / sigma~
     with D the denoiser's data prediction. One step from sigma~ to sigma~':
-    x~' = x~ + (sigma~' - sigma~) (x~ - D) / sigma~; x' = alpha' x~'. (This is
-    exactly deterministic DDIM on the same timesteps, which a test checks.)
+    x~' = x~ + (sigma~' - sigma~) (x~ - D) / sigma~. Since x~ = D + sigma~ eps
+    (eps the noise D implies), x~' = D + sigma~' eps, and x' = alpha' x~' =
+    alpha' D + sigma' eps: written so, nothing is divided by alpha_t, which is
+    5e-5 at the cosine schedule's last timestep (x~ there is 20,000 times x,
+    and float32 would lose three digits). This is deterministic DDIM on the
+    same timesteps, which a test checks.
     """
 
     def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
                    previous: int | torch.Tensor, noise: torch.Tensor | None = None, conditions: Conditions = None,
                    guidance_scale: Guidance = None) -> torch.Tensor:
-        s, t = _Levels(self.schedule, timestep, x_t), _Levels(self.schedule, previous, x_t)
-        data = self.predict(denoiser, x_t, timestep, conditions, guidance_scale)[0]
-        scaled, level, level_next = x_t / s.alpha, s.sigma / s.alpha, t.sigma / t.alpha
-        return t.alpha * (scaled + (level_next - level) * (scaled - data) / level)
+        t = _Levels(self.schedule, previous, x_t)
+        data, epsilon = self.predict(denoiser, x_t, timestep, conditions, guidance_scale)
+        return t.alpha * data + t.sigma * epsilon
 
 
 class HeunSampler(DiffusionSampler):
     """Karras et al. 2022's Heun sampler (Algorithm 1, deterministic: no churn): second order, two evaluations a step.
 
-    The Euler step to sigma~' (see :class:`EulerSampler`), then the derivative
-    at its end, d' = (x~e - D(x~e, sigma~')) / sigma~', and the step again with
-    the mean of the two derivatives. The step to sigma 0 stays Euler (the
-    derivative there is undefined), so S steps cost 2 S - 1 evaluations; a
-    traced transition evaluates the network on that step too and discards it
-    (tensor operations cannot skip it), so an exported graph costs 2 S.
+    The Euler step to sigma~' (see :class:`EulerSampler`), x~e = D + sigma~' eps,
+    then the slope at its end, eps2 (the noise the denoiser implies at x~e),
+    and the step again with the mean of the two slopes:
+    x~' = x~ + (sigma~' - sigma~) (eps + eps2) / 2 = D + sigma~' (eps + eps2) / 2
+    + sigma~ (eps - eps2) / 2, so x' = alpha' D + sigma' (eps + eps2) / 2 +
+    alpha' sigma~ (eps - eps2) / 2 (no division by alpha_t; see Euler). The last
+    term is the trapezoid's correction: it grows with sigma~ / sigma~', which
+    is why ``sigma_max`` matters for schedules that end at a huge sigma~. The
+    step to sigma 0 stays Euler (the slope there is undefined), so S steps
+    cost 2 S - 1 evaluations; a traced transition evaluates the network on that
+    step too and discards it (tensor operations cannot skip it), so an
+    exported graph costs 2 S.
     """
 
     def transition(self, denoiser: Denoiser, x_t: torch.Tensor, timestep: int | torch.Tensor,
                    previous: int | torch.Tensor, noise: torch.Tensor | None = None, conditions: Conditions = None,
                    guidance_scale: Guidance = None) -> torch.Tensor:
         s, t = _Levels(self.schedule, timestep, x_t), _Levels(self.schedule, previous, x_t)
-        scaled, level, level_next = x_t / s.alpha, s.sigma / s.alpha, t.sigma / t.alpha
-        slope = (scaled - self.predict(denoiser, x_t, timestep, conditions, guidance_scale)[0]) / level
-        euler = scaled + (level_next - level) * slope
+        data, epsilon = self.predict(denoiser, x_t, timestep, conditions, guidance_scale)
+        euler = t.alpha * data + t.sigma * epsilon
         if isinstance(previous, int) and previous < 0:  # eager, the step to sigma 0: Euler, no second evaluation
-            return t.alpha * euler
-        # At the clean end level_next is 0: the second slope is undefined there, and torch.where keeps Euler's.
-        safe_level = _finite(level_next)
-        second = (euler - self.predict(denoiser, t.alpha * euler, previous, conditions, guidance_scale)[0]) / safe_level
-        heun = scaled + (level_next - level) * 0.5 * (slope + second)
+            return euler
+        # At the clean end the second slope is undefined (its timestep is -1): torch.where keeps Euler's result.
+        second = self.predict(denoiser, euler, previous, conditions, guidance_scale)[1]
+        level = s.sigma / s.alpha
+        heun = t.alpha * data + t.sigma * 0.5 * (epsilon + second) + t.alpha * level * 0.5 * (epsilon - second)
         landed = torch.as_tensor(previous, device=x_t.device) < 0
-        return t.alpha * torch.where(landed, euler, heun)
+        return torch.where(landed, euler, heun)
