@@ -80,6 +80,8 @@ def main() -> None:
     chosen = [(label, evaluations, request) for label, evaluations, request in configurations(budgets, not arguments.no_ddpm)
               if not arguments.only or any(part in label for part in arguments.only.split("|"))
               or (label == "DDIM" and evaluations == 50)]
+    if not any(label == "DDIM" and evaluations == 50 for label, evaluations, _ in chosen):  # the reference, always
+        chosen.append(("DDIM", 50, {"name": "ddim", "steps": 50, "eta": 0.0}))
     for label, evaluations, request in chosen:
         started = time.perf_counter()
         report = evaluate_run(arguments.run, registry, metrics, arguments.samples, seed=0, sampler=request)
