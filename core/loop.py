@@ -41,7 +41,7 @@ from .errors import TrainingError, UserError, did_you_mean
 from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
 from .pictures import save_grid, save_scatter
-from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase, accepts
+from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase, accepts, is_stepwise
 
 
 class Interrupted(Exception):
@@ -115,6 +115,13 @@ def check_components(components: Components, config: RunConfig) -> None:
         if condition.count != declared[name].count:
             raise UserError(f"model {model_name!r} takes {condition.count} classes, the data has "
                             f"{declared[name].count}", field="model.name")
+    noise_shape, data_shape = tuple(components.model.noise_shape), tuple(components.data.info.shape)
+    if is_stepwise(components.sampler) and noise_shape != data_shape:
+        raise UserError(f"sampler {config.sampler.name!r} denoises a sample step by step from noise of the data's "
+                        f"shape {data_shape}, but model {model_name!r} draws noise of shape {noise_shape} (a "
+                        "generator's latent)", field="sampler.name",
+                        hint="use a sampler for this kind of model: normal for a GAN; ddim, dpm-solver++, unipc, "
+                             "euler or heun for a diffusion model")
     if components.model.conditions and not accepts(components.sampler.sample, "conditions"):
         raise UserError(f"model {model_name!r} is conditional, but sampler {config.sampler.name!r} takes no "
                         "conditions (its sample has no `conditions` argument)", field="sampler.name",

@@ -429,6 +429,10 @@ def load_trained(source: str | Path, registry: Registry, *, changes: dict[str, A
             error.file = None  # the sampler's options came from the caller, not from the checkpoint's config
         raise
     components = build_components(loaded, registry)
+    if sampler:  # another sampler than the run's: it must fit the model as a run's would
+        from .loop import check_components
+
+        check_components(components, loaded.config)
     name = components.model.sampling_network
     network = components.model.networks[name]
     weights = checkpoint.ema.get(name) or checkpoint.networks.get(name)

@@ -392,3 +392,17 @@ def test_export_and_eval_take_another_sampler_and_generate_says_which_one_a_file
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(report_path.read_text())
     assert report["sampler"]["name"] == "heun" and report["sampler"]["steps"] == 2
+
+
+def test_a_denoising_sampler_for_a_generator_is_a_user_error_naming_the_sampler(tmp_path):
+    from click.testing import CliRunner
+
+    from aigc_kit.cli import cli
+
+    from .conftest import tiny_config
+
+    config = tiny_config(sampler={"name": "dpm-solver++"})  # a DCGAN: its noise is a latent, not an image
+    (tmp_path / "run.yaml").write_text(json.dumps(config))
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path / "run.yaml")])
+    assert result.exit_code == 2 and "sampler.name" in result.output and "a generator's latent" in result.output
+    assert "Traceback" not in result.output
