@@ -42,6 +42,11 @@ def configurations(budgets: tuple[int, ...], ddpm: bool) -> list[tuple[str, int,
              {"name": "dpm-solver++", "steps": budget, "use_karras_sigmas": True, "sigma_max": 80.0}),
             ("UniPC-2, Karras, sigma_max 80", budget,
              {"name": "unipc", "steps": budget, "use_karras_sigmas": True, "sigma_max": 80.0}),
+            ("DPM-Solver++ 3M, Karras, sigma_max 80", budget,
+             {"name": "dpm-solver++", "steps": budget, "solver_order": 3, "use_karras_sigmas": True,
+              "sigma_max": 80.0}),
+            ("UniPC-3, Karras, sigma_max 80", budget,
+             {"name": "unipc", "steps": budget, "solver_order": 3, "use_karras_sigmas": True, "sigma_max": 80.0}),
         ]
     for budget in sorted({*budgets, *HEUN_EXTRA}):
         steps = (budget + 1) // 2
