@@ -88,7 +88,8 @@ class MultistepSampler(DiffusionSampler):
         return x
 
     def order(self, index: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
-        """The order of step ``index``: at most one more than the earlier steps, 1 on the step to sigma 0."""
+        """The order of step ``index``: at most one more than the earlier steps; with ``lower_order_final`` no
+        more than the steps left; 1 on the step to sigma 0."""
         count = _step_count(sequence)
         order = torch.clamp(index + 1, max=self.solver_order)
         if self.lower_order_final:
@@ -116,8 +117,8 @@ class DPMSolverPlusPlus(MultistepSampler):
 
     The warm-up uses lower orders until there are enough earlier steps; the
     step to sigma 0 is first order (its h is infinite), and with
-    ``lower_order_final`` fewer than 15 steps end with a second-order step,
-    as diffusers does ("more stable for few steps").
+    ``lower_order_final`` and fewer than 15 steps the one before it is at
+    most second order, diffusers' rule, so that results carry over.
     """
 
     @property
