@@ -56,6 +56,11 @@ def betas(schedule: str, num_train_timesteps: int, beta_start: float = 1e-4, bet
     raise ValueError(f"unknown beta schedule {schedule!r}")
 
 
+def _sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """sigma(t) = sqrt((1 - alpha-bar_t) / alpha-bar_t), the noise level of each training timestep."""
+    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
 KARRAS_RHO = 7.0
 """Karras et al. 2022's rho: the noise levels are evenly spaced in sigma^(1 / rho) (their eq. 5)."""
 
@@ -71,7 +76,7 @@ def karras_timesteps(alphas_cumprod: np.ndarray, steps: int) -> list[int]:
     """
     if not 1 <= steps <= len(alphas_cumprod):
         raise ValueError(f"steps must be between 1 and {len(alphas_cumprod)}, got {steps}")
-    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    sigmas = _sigmas(alphas_cumprod)
     log_sigmas = np.log(sigmas)
     ramp = np.linspace(0, 1, steps)
     low, high = sigmas[0] ** (1 / KARRAS_RHO), sigmas[-1] ** (1 / KARRAS_RHO)
@@ -87,7 +92,7 @@ def sequence(alphas_cumprod: np.ndarray, steps: int, spacing: str = "trailing", 
     whose sigma = sqrt((1 - alpha-bar) / alpha-bar) is at most ``sigma_max`` (default: all of them)."""
     total = len(alphas_cumprod)
     if sigma_max is not None:
-        sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+        sigmas = _sigmas(alphas_cumprod)
         below = np.nonzero(sigmas <= sigma_max)[0]
         if not len(below):
             raise ValueError(f"no timestep has sigma at most sigma_max {sigma_max:g} (the least is {sigmas[0]:.3g})")
@@ -97,14 +102,32 @@ def sequence(alphas_cumprod: np.ndarray, steps: int, spacing: str = "trailing", 
     return sampling_timesteps(total, steps, spacing, offset)
 
 
+MAX_TRAIN_TIMESTEPS = 100_000
+"""The most diffusion steps a schedule may have: ScheduleOptions' bound (written there too, so that listing the
+options imports no NumPy), checked here on a file's metadata."""
+
+
 def timesteps_for(options: Mapping[str, Any], steps: int) -> list[int]:
-    """The timesteps of ``steps`` steps for a sampler's options (its schedule, spacing, Karras choice, sigma_max)."""
-    total = int(options["num_train_timesteps"])
+    """The timesteps of ``steps`` steps for a sampler's options (its schedule, spacing, Karras choice, sigma_max).
+
+    The options may come from a downloaded file's metadata: anything out of bounds is a ValueError, never a
+    schedule of a billion steps.
+    """
+    try:
+        total = int(options["num_train_timesteps"])
+        starts = float(options.get("beta_start", 1e-4)), float(options.get("beta_end", 0.02))
+    except (TypeError, ValueError):
+        raise ValueError("num_train_timesteps, beta_start and beta_end must be numbers") from None
+    if not 2 <= total <= MAX_TRAIN_TIMESTEPS or not all(0 < beta < 1 for beta in starts):
+        raise ValueError(f"expected 2 to {MAX_TRAIN_TIMESTEPS:,} training timesteps and betas in (0, 1)")
     karras, sigma_max = bool(options.get("use_karras_sigmas")), options.get("sigma_max")
     if not karras and sigma_max is None:  # no need for the schedule itself
         return sampling_timesteps(total, steps, options.get("timestep_spacing", "trailing"),
                                   int(options.get("steps_offset", 0)))
-    table = np.cumprod(1.0 - betas(options.get("beta_schedule", "linear"), total,
-                                   float(options.get("beta_start", 1e-4)), float(options.get("beta_end", 0.02))))
+    table = np.cumprod(1.0 - betas(str(options.get("beta_schedule", "linear")), total, *starts))
+    try:
+        limit = None if sigma_max is None else float(sigma_max)
+    except (TypeError, ValueError):
+        raise ValueError("sigma_max must be a number") from None
     return sequence(table, steps, options.get("timestep_spacing", "trailing"), int(options.get("steps_offset", 0)),
-                    karras, None if sigma_max is None else float(sigma_max))
+                    karras, limit)

@@ -406,3 +406,14 @@ def test_a_denoising_sampler_for_a_generator_is_a_user_error_naming_the_sampler(
     result = CliRunner().invoke(cli, ["validate", str(tmp_path / "run.yaml")])
     assert result.exit_code == 2 and "sampler.name" in result.output and "a generator's latent" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("options", [
+    {"num_train_timesteps": 10**9, "use_karras_sigmas": True},  # would allocate gigabytes
+    {"num_train_timesteps": "many", "use_karras_sigmas": True},
+    {"num_train_timesteps": 1000, "beta_start": [1], "sigma_max": 80},
+    {"num_train_timesteps": 1000, "beta_schedule": "cosine", "sigma_max": "high"},
+])
+def test_timesteps_from_a_files_metadata_are_checked_before_any_schedule_is_built(options):
+    with pytest.raises(ValueError):
+        timesteps_for(options, 10)
