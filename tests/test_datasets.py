@@ -35,6 +35,33 @@ def test_shapes_vary_in_kind_and_grey_has_one_channel(builtin_registry):
         builtin_registry.create("dataset", "shapes", channels=2)
 
 
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_kept_after_the_first_read_are_the_images_drawn_and_large_sets_are_drawn_every_time(
+        builtin_registry, monkeypatch, channels):
+    from aigc_kit.plugins.datasets import shapes
+
+    drawn = []
+    draw = shapes.draw_shape
+    monkeypatch.setattr(shapes, "draw_shape", lambda *args, **kwargs: drawn.append(args[0]) or draw(*args, **kwargs))
+    bundle = builtin_registry.create("dataset", "shapes", resolution=16, channels=channels, size=6, labels=True)
+    first = [bundle.dataset[i] for i in range(6)]
+    again = [bundle.dataset[i] for i in range(6)]
+    assert drawn == list(range(6))  # the second read draws nothing
+    for index, (item, kept) in enumerate(zip(first, again)):
+        assert torch.equal(item["sample"], kept["sample"]) and item["label"] == kept["label"]
+        image, kind = draw(index, 0, 16)
+        if channels == 1:
+            image = image.convert("L")
+        assert torch.equal(kept["sample"], shapes.to_tensor(image)) and shapes.KINDS[kept["label"]] == kind
+
+    monkeypatch.setattr(shapes, "CACHE_BYTES", 6 * 16 * 16 * channels - 1)  # one byte short of the whole set
+    bundle = builtin_registry.create("dataset", "shapes", resolution=16, channels=channels, size=6)
+    drawn.clear()
+    for _ in range(2):
+        [bundle.dataset[i] for i in range(6)]
+    assert drawn == list(range(6)) * 2
+
 def test_image_folder_resizes_crops_and_skips_unreadable_files(builtin_registry, tmp_path):
     (tmp_path / "nested").mkdir()
     wide = np.zeros((40, 80, 3), dtype=np.uint8)
