@@ -90,8 +90,10 @@ def test_a_unet_label_of_minus_one_is_its_null_class_and_training_drops_labels_t
                 module.p = 0.0
         trained = unet(x, t, label=torch.ones(400, dtype=torch.long))
     assert not torch.allclose(null, kept)
-    is_null = [torch.allclose(row, null[0], atol=1e-5) for row in trained]
-    assert all(is_null[i] or torch.allclose(trained[i], kept[0], atol=1e-5) for i in range(400))
+    # a batch of 400 rounds differently from a batch of one (2e-5 on outputs near 17, which differ by 16 between
+    # the null class and the label)
+    is_null = [torch.allclose(row, null[0], atol=1e-4) for row in trained]
+    assert all(is_null[i] or torch.allclose(trained[i], kept[0], atol=1e-4) for i in range(400))
     assert 150 < sum(is_null) < 250  # about half, as class_dropout 0.5 asks
 
 

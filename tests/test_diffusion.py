@@ -64,6 +64,23 @@ def test_unet_output_depends_on_the_timestep_and_gradients_reach_every_parameter
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_the_time_and_class_reach_a_level_of_one_channel_per_group_only_through_scale_and_shift(scale_shift):
+    # width 32, one level, 32 groups: each GroupNorm normalises every channel on its own
+    torch.manual_seed(0)
+    net = UNet(3, 16, width=32, channel_multipliers=(1,), blocks_per_level=1, attention_resolutions=(), norm_groups=32,
+               classes=3, scale_shift=scale_shift).eval()
+    torch.nn.init.normal_(net.output[-1].weight, std=0.1)  # the last layer starts at zero
+    x = torch.randn(1, 3, 16, 16).expand(3, 3, 16, 16)
+    with torch.no_grad():
+        by_label = net(x, torch.full((3,), 500), torch.tensor([0, 1, 2]))
+        by_time = net(x, torch.tensor([5, 500, 995]), torch.zeros(3, dtype=torch.long))
+    for out in (by_label, by_time):
+        change = (out[1:] - out[0]).abs().max() / out[0].abs().max()
+        # a shift added before a per-channel GroupNorm is subtracted again with the channel's mean
+        assert (change > 1e-2) if scale_shift else (change < 1e-5)
+
+
 def test_unet_options_refuse_channels_that_groupnorm_cannot_split(builtin_registry: Registry, write_config):
     config = tiny_unet_config()
     config["model"]["norm_groups"] = 3

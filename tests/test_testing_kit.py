@@ -167,7 +167,7 @@ def test_a_plugins_tests_get_the_kit_as_fixtures_without_imports(pytester):
 
 def test_builtin_conditional_components_pass_their_checks_with_classes(tmp_path):
     registry = testing.isolated_registry()
-    small_unet = {"width": 32, "channel_multipliers": [1], "norm_groups": 8}  # 4 channels a group: see docs/diffusion.md
+    small_unet = {"width": 32, "channel_multipliers": [1]}  # one channel per GroupNorm group: see docs/diffusion.md
     testing.check_model(registry, "dcgan", resolutions=(16,), channels=(3,), options={"width": 8}, classes=3)
     testing.check_model(registry, "unet", resolutions=(16,), channels=(3,), sampler="ddim", classes=("a", "b"),
                         sampler_options={"steps": 2, "guidance_scale": 3.0}, options=small_unet)

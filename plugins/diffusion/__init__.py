@@ -60,7 +60,8 @@ def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None,
     taken = model_conditions(options.conditional, conditions, "unet")
     denoiser = UNet(channels, resolution, options.width, options.channel_multipliers, options.blocks_per_level,
                     options.attention_resolutions, options.attention_heads, options.dropout, options.norm_groups,
-                    classes=taken["label"].count if taken else 0, class_dropout=options.class_dropout)
+                    classes=taken["label"].count if taken else 0, class_dropout=options.class_dropout,
+                    scale_shift=options.time_embedding_norm == "scale_shift")
     return ModelBundle(
         networks={"denoiser": denoiser},
         sampling_network="denoiser",

@@ -53,10 +53,13 @@ class UnetOptions(Options):
     )
     attention_heads: int = Field(1, ge=1, description="Heads of each self-attention layer.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the residual blocks.")
+    time_embedding_norm: Literal["scale_shift", "add"] = Field(
+        "scale_shift", description="How a residual block takes the time (and class) embedding: scale_shift, a "
+        "scale and a shift per channel after its second GroupNorm (Dhariwal & Nichol 2021; diffusers' "
+        "resnet_time_scale_shift='scale_shift'); add, a shift before that GroupNorm (the DDPM paper's; diffusers' "
+        "'default'), which a GroupNorm of one channel per group removes (docs/diffusion.md).")
     norm_groups: int = Field(32, ge=1, validate_default=True,
-                             description="GroupNorm groups; every level's channels must divide by it. Where a "
-                             "level has one channel per group, its residual blocks' GroupNorm removes the time (and "
-                             "class) embedding added before it (docs/diffusion.md).")
+                             description="GroupNorm groups; every level's channels must divide by it.")
     conditional: bool | Literal["auto"] = Field(
         "auto", description="Condition on the data's class labels: auto (when the data has labels), true or false. "
         "A class embedding is added to the time embedding.")

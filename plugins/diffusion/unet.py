@@ -3,7 +3,9 @@
 Down path: per level, residual blocks at ``width * multiplier`` channels, self-attention at
 the listed resolutions, then a strided convolution; a middle of residual-attention-residual;
 an up path mirroring the down path, each block taking the matching skip connection.
-Every residual block adds a projection of the timestep embedding between its convolutions.
+Every residual block takes a projection of the timestep embedding between its convolutions: as a
+per-channel scale and shift after its second GroupNorm (the default; Dhariwal & Nichol 2021), or as a
+shift added before it (the DDPM paper's).
 """
 
 from __future__ import annotations
@@ -28,13 +30,21 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm, SiLU, conv; plus the time embedding; GroupNorm, SiLU, dropout, conv; plus the input."""
+    """GroupNorm, SiLU, conv; GroupNorm conditioned on the time embedding, SiLU, dropout, conv; plus the input.
 
-    def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float, groups: int) -> None:
+    ``scale_shift``: the embedding gives each channel a scale and a shift applied after the second
+    GroupNorm, h = norm(h) (1 + scale) + shift (Dhariwal & Nichol 2021, "adaptive group
+    normalization"). Otherwise a shift is added before that GroupNorm, as in the DDPM paper, which
+    subtracts each group's mean: with one channel per group it removes the shift entirely.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, time_channels: int, dropout: float, groups: int,
+                 scale_shift: bool = True) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = nn.GroupNorm(groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.time = nn.Linear(time_channels, out_channels)
+        self.time = nn.Linear(time_channels, out_channels * (2 if scale_shift else 1))
         self.norm2 = nn.GroupNorm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -42,8 +52,13 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time(F.silu(time))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        embedding = self.time(F.silu(time))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = embedding.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + embedding)
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -76,7 +91,8 @@ class UNet(nn.Module):
 
     def __init__(self, channels: int, resolution: int, width: int = 64, channel_multipliers: tuple[int, ...] = (1, 2, 2),
                  blocks_per_level: int = 2, attention_resolutions: tuple[int, ...] = (8,), attention_heads: int = 1,
-                 dropout: float = 0.1, norm_groups: int = 32, classes: int = 0, class_dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, norm_groups: int = 32, classes: int = 0, class_dropout: float = 0.1,
+                 scale_shift: bool = True) -> None:
         super().__init__()
         self.channels, self.resolution = channels, resolution
         time_channels = 4 * width
@@ -87,7 +103,7 @@ class UNet(nn.Module):
         self.input = nn.Conv2d(channels, width, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResidualBlock:
-            return ResidualBlock(cin, cout, time_channels, dropout, norm_groups)
+            return ResidualBlock(cin, cout, time_channels, dropout, norm_groups, scale_shift)
 
         def attention(ch: int, size: int) -> nn.Module:
             return SelfAttention(ch, attention_heads, norm_groups) if size in attention_resolutions else nn.Identity()
