@@ -125,7 +125,7 @@ def main() -> None:
                   f"{per_class} | {values['fid/fid']:.3f} | {values['fid/intra_fid']:.3f} | "
                   f"{result['baseline']} {base:.3f} | {values['fid/fid'] / base:.2f} |")
     print()
-    for name, result in results.items():
+    for result in results.values():
         seconds = ", ".join(f"{run} {value:.0f} s" for run, value in result["training_seconds"].items())
         print(f"training: {seconds}")
     (arguments.runs / "conditional.json").write_text(json.dumps({"floor": floor, **results}, indent=2))

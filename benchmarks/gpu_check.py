@@ -280,8 +280,8 @@ def bench_row(check: Check) -> Row:
     fastest = {timing["path"]: timing["images_per_second"] for timing in report["timings"]
                if timing["batch_size"] == batch}
     best = max(fastest, key=fastest.get)
-    row.figures = f"batch {batch}: fastest {best} ({fastest[best]:.0f} images/s); eager fp32 " \
-                  f"{fastest.get('torch eager fp32', float('nan')):.0f} images/s"
+    row.figures = (f"batch {batch}: fastest {best} ({fastest[best]:.0f} images/s); eager fp32 "
+                   f"{fastest.get('torch eager fp32', float('nan')):.0f} images/s")
     return row
 
 

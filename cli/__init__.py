@@ -531,8 +531,8 @@ def _echo_export(report: dict[str, Any]) -> None:
     if "sampler_graph" in report:
         line = f"  sampler graph: {report['sampler_graph']}"
         if report.get("fp32_steps"):
-            line += f"; the first {report['fp32_steps']} steps fp32, the rest {report.get('precision')}, each " \
-                    "step's activations calibrated on their own"
+            line += (f"; the first {report['fp32_steps']} steps fp32, the rest {report.get('precision')}, each "
+                     "step's activations calibrated on their own")
         click.echo(line)
     if "step_bytes" in report:
         click.echo(f"  {report['bytes']:,} bytes; one step alone: {report['step_bytes']:,} bytes (weights stored once"

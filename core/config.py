@@ -224,7 +224,7 @@ class LoadedConfig:
         data["plugins"] = list(self.plugin_references)
         for section, options in self.options.items():
             data[section].update(options.model_dump(mode="json"))
-        for metric, options in zip(data["train"]["eval"]["metrics"], self.metric_options):
+        for metric, options in zip(data["train"]["eval"]["metrics"], self.metric_options, strict=True):
             metric.update(options.model_dump(mode="json"))
         return data
 
@@ -318,7 +318,9 @@ def parse_config(
             registry.load_local(reference, base_dir=base_dir)
         except UserError as error:
             error.field = error.field or f"plugins[{index}]"
-            raise error.with_file(file) if file else error
+            if file:
+                error.with_file(file)
+            raise
     options: dict[str, Options] = {}
     sections = dict(COMPONENT_SECTIONS)
     if config.export is not None:
@@ -353,11 +355,15 @@ def _component_options(registry: Registry, kind: str, name: str, values: dict[st
         registry.spec(kind, name)
     except UserError as error:
         error.field = f"{field}.{name_key}"
-        raise error.with_file(file) if file else error
+        if file:
+            error.with_file(file)
+        raise
     try:
         return registry.options(kind, name, values, field_prefix=field)
     except UserError as error:
-        raise error.with_file(file) if file else error
+        if file:
+            error.with_file(file)
+        raise
 
 
 def load_config(path: str | Path, registry: Registry, overrides: list[str] | None = None, *,

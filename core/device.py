@@ -194,5 +194,5 @@ def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
             module.eval()
         yield
     finally:
-        for module, mode in zip(modules, modes):
+        for module, mode in zip(modules, modes, strict=True):
             module.train(mode)

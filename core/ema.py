@@ -39,7 +39,7 @@ class EMA:
         averaged = list(self.averaged.parameters())
         current = [p.detach() for p in network.parameters()]
         torch._foreach_lerp_(averaged, current, weight)
-        for mine, theirs in zip(self.averaged.buffers(), network.buffers()):
+        for mine, theirs in zip(self.averaged.buffers(), network.buffers(), strict=True):
             if mine.dtype.is_floating_point:
                 mine.lerp_(theirs, weight)
             else:

@@ -120,12 +120,12 @@ def _plot_groups(records: list[dict[str, Any]], groups: dict[str, list[str]], pa
     columns = min(3, len(groups))
     rows = math.ceil(len(groups) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
-    for axis, (group, keys) in zip(axes.flat, groups.items()):
+    for axis, (group, keys) in zip(axes.flat, groups.items(), strict=False):
         for key in keys:
             points = [(record["step"], record[key]) for record in records
                       if isinstance(record.get(key), int | float) and math.isfinite(record[key])]
             if points:
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=True)
                 axis.plot(steps, values, label=_plain(key.removeprefix(f"{group}/")),
                           marker="." if len(points) < 30 else None)
         axis.set_title(_plain(group))

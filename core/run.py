@@ -64,7 +64,7 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     sampler = registry.build("sampler", config.sampler.name, loaded.options["sampler"], field="sampler")
     metrics = {
         section.name: registry.build("metric", section.name, options, field=f"train.eval.metrics[{index}]", data=data)
-        for index, (section, options) in enumerate(zip(config.train.eval.metrics, loaded.metric_options))
+        for index, (section, options) in enumerate(zip(config.train.eval.metrics, loaded.metric_options, strict=True))
     }
     return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics)
 

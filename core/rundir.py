@@ -41,7 +41,7 @@ def foreign_files(run_dir: Path, export_file: str | None = None) -> list[Path]:
     if not run_dir.is_dir():
         return []
     exported = Path(export_file) if export_file else None
-    top_level = list(_OWN[""]) + [r".+\.failed\.onnx"]
+    top_level = [*_OWN[""], r".+\.failed\.onnx"]
     export_folder = exported.parts[0] if exported is not None and len(exported.parts) > 1 else None
     if exported is not None and export_folder is None:
         top_level.append(re.escape(exported.name))

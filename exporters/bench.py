@@ -311,8 +311,8 @@ def format_report(report: BenchReport) -> str:
             continue
         lines.append(f"  {precision} export: {exported['bytes']:,} bytes, max abs error vs PyTorch "
                      f"{exported['max_abs_error']:.2g} (mean {exported['mean_abs_error']:.2g})")
-    header = f"  {'batch':>5}  {'path':<28} {'median ms':>10} {'p25-p75 ms':>16} {'images/s':>9} {'GFLOP/s':>8} " \
-             f"{'of peak':>7} {'vs eager':>8}"
+    header = (f"  {'batch':>5}  {'path':<28} {'median ms':>10} {'p25-p75 ms':>16} {'images/s':>9} {'GFLOP/s':>8} "
+              f"{'of peak':>7} {'vs eager':>8}")
     lines.append(header)
     for timing in report.timings:
         eager = report.row(timing.batch_size, "torch eager fp32")

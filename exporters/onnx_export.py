@@ -596,7 +596,7 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*", category=UserWarning)
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

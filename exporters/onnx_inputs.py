@@ -212,7 +212,7 @@ def build_graph(what: str, network: torch.nn.Module, sampler: Any, request: Expo
                     **conditioning.draw(n, g)}
 
         return Graph(DenoiserGraph(network, sampler, names), names, ["prediction"],
-                     {name: batch_axis for name in names}, denoiser_inputs, conditioning)
+                     dict.fromkeys(names, batch_axis), denoiser_inputs, conditioning)
 
     def step_inputs(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         index = int(torch.randint(0, len(sampler.timesteps), (1,), generator=g))

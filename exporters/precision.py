@@ -79,12 +79,11 @@ def to_int8(model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], mo
                     field="export.int8_mode", given=mode, hint="use int8_mode: static",
                 )
             return result
-        else:
-            # Only the operators that carry the arithmetic: quantizing lookups and reshapes of constant
-            # tables (a diffusion schedule's) gains nothing, and onnxruntime's quantizer rejects it.
-            quantize_static(str(prepared), str(quantized), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=QUANTIZED_OPERATORS, nodes_to_exclude=list(exclude))
+        # Only the operators that carry the arithmetic: quantizing lookups and reshapes of constant
+        # tables (a diffusion schedule's) gains nothing, and onnxruntime's quantizer rejects it.
+        quantize_static(str(prepared), str(quantized), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=QUANTIZED_OPERATORS, nodes_to_exclude=list(exclude))
         return onnx.load_model(quantized)
 
 

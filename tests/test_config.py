@@ -67,7 +67,7 @@ def test_missing_file_and_bad_yaml_are_user_errors(tmp_path):
 def test_overrides_set_nested_fields_and_parse_values():
     data = apply_overrides({"train": {"steps": 5}}, ["train.steps=7", "train.ema.enabled=false", "seed=3"])
     assert data == {"train": {"steps": 7, "ema": {"enabled": False}}, "seed": 3}
-    with pytest.raises(UserError, match="dotted.key=value"):
+    with pytest.raises(UserError, match=r"dotted\.key=value"):
         apply_overrides({}, ["train.steps"])
     with pytest.raises(UserError, match="not a section"):
         apply_overrides({"seed": 1}, ["seed.x=1"])
@@ -100,7 +100,7 @@ def damaged_configs(draw):
     for _ in range(draw(st.integers(1, 3))):
         section = draw(st.sampled_from(SECTIONS))
         if isinstance(config.get(section), dict) and draw(st.booleans()):
-            keys = list(config[section]) + ["name", "bogus", "steps", "resolution", "width"]
+            keys = [*config[section], "name", "bogus", "steps", "resolution", "width"]
             config[section][draw(st.sampled_from(keys))] = draw(junk)
         else:
             config[section] = draw(junk)

@@ -48,7 +48,7 @@ def test_shapes_kept_after_the_first_read_are_the_images_drawn_and_large_sets_ar
     first = [bundle.dataset[i] for i in range(6)]
     again = [bundle.dataset[i] for i in range(6)]
     assert drawn == list(range(6))  # the second read draws nothing
-    for index, (item, kept) in enumerate(zip(first, again)):
+    for index, (item, kept) in enumerate(zip(first, again, strict=True)):
         assert torch.equal(item["sample"], kept["sample"]) and item["label"] == kept["label"]
         image, kind = draw(index, 0, 16)
         if channels == 1:

@@ -136,7 +136,7 @@ def test_every_spacing_gives_the_asked_number_of_distinct_decreasing_timesteps(t
     timesteps = sampling_timesteps(total, steps, spacing)
     assert len(timesteps) == steps
     assert all(a > b for a, b in itertools.pairwise(timesteps))
-    assert 0 <= timesteps[-1] and timesteps[0] < total
+    assert timesteps[-1] >= 0 and timesteps[0] < total
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -148,7 +148,7 @@ def test_ddim_steps_to_the_previous_timestep_of_its_own_sequence(spacing, monkey
         x0, eps, t, p, x, noise))
     sampler.sample(lambda x, t: torch.zeros_like(x), torch.randn(2, 1))
     sequence = sampling_timesteps(1000, 3, spacing)
-    assert pairs == list(zip(sequence, sequence[1:] + [-1]))
+    assert pairs == list(zip(sequence, [*sequence[1:], -1], strict=True))
 
 
 # -- single steps keep the forward process's marginals ----------------------------------

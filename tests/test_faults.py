@@ -61,7 +61,7 @@ def test_a_run_killed_at_random_moments_always_leaves_a_loadable_checkpoint_and_
         checkpoint = load_checkpoint(killed_dir)  # complete, whatever moment the kill came at
         assert checkpoint.networks and checkpoint.step >= before
     assert latest_step(killed_dir) < KILLABLE_STEPS
-    result = subprocess.run(command + ["resume", str(killed_dir)], capture_output=True, text=True, timeout=300,
+    result = subprocess.run([*command, "resume", str(killed_dir)], capture_output=True, text=True, timeout=300,
                             check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not list((killed_dir / "checkpoints").glob(".step-*"))

@@ -128,7 +128,10 @@ def test_scatter_draws_samples_over_the_mode_centres(tmp_path):
     save_scatter(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), path, (-2.0, 2.0), size=101,
                  landmarks=((-1.0, -1.0), (1.0, -1.0)))
     image = Image.open(path).convert("RGB")
-    at = lambda x, y: image.getpixel((round((x + 2) / 4 * 100), round(100 - (y + 2) / 4 * 100)))
+
+    def at(x: float, y: float) -> tuple[int, ...]:
+        return image.getpixel((round((x + 2) / 4 * 100), round(100 - (y + 2) / 4 * 100)))
+
     assert at(1, 1) == (31, 119, 180)  # a sample
     assert at(-1, -1) == (31, 119, 180)  # a sample drawn over a centre
     ring = image.getpixel((round((1 + 2) / 4 * 100) + 7, round(100 - (-1 + 2) / 4 * 100)))

@@ -253,8 +253,5 @@ class DDPMSampler(DiffusionSampler):
         beta = 1 - alpha_bar / alpha_bar_previous
         mean = (alpha_bar_previous.sqrt() * beta / (1 - alpha_bar)) * x0 \
             + ((1 - beta).sqrt() * (1 - alpha_bar_previous) / (1 - alpha_bar)) * x_t
-        if self.variance_type == "fixed_large":
-            variance = beta
-        else:
-            variance = beta * (1 - alpha_bar_previous) / (1 - alpha_bar)
+        variance = beta if self.variance_type == "fixed_large" else beta * (1 - alpha_bar_previous) / (1 - alpha_bar)
         return mean, variance
