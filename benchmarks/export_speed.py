@@ -14,7 +14,7 @@ Times (with `aigc_kit.exporters.bench`, what `aigc-kit bench` runs):
 Then prints the ratios the targets are stated in.
 
     python benchmarks/export_speed.py [--threads 1] [--ddim-run runs/ddim-shapes] [--json out.json]
-    python benchmarks/export_speed.py --skip-gan --sampler-run runs/ddim-shapes --threads 2
+    python benchmarks/export_speed.py --skip-gan --sampler-run runs/ddim-shapes --threads 2 [--sampler-precisions fp32,int8]
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def diffusers_loop(name: str, options: dict, sampler, network):
 
 
 def sampler_speed(run: Path, registry, batch_sizes: tuple[int, ...], threads: int, repeats: int,
-                  folder: Path) -> tuple[list[dict], dict]:
-    """Each sampler's export, PyTorch loop and diffusers loop, timed in turn at each batch size."""
+                  folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> tuple[list[dict], dict]:
+    """Each sampler's export at each of ``precisions``, its PyTorch loop and diffusers' loop, timed in turn at each
+    batch size."""
     import onnxruntime
     import torch
 
@@ -102,32 +103,37 @@ def sampler_speed(run: Path, registry, batch_sizes: tuple[int, ...], threads: in
         trained = load_trained(run, registry, sampler=request)
         sampler, network = trained.components.sampler, trained.network
         sampler.beta_schedule = trained.loaded.options["model"].schedule.beta_schedule
-        path = folder / f"{request['name']}.onnx"
-        export(run, registry, out=path, sampler=request, options={"validate_batch_sizes": [1]})
         settings = onnxruntime.SessionOptions()
         settings.intra_op_num_threads = threads
         settings.log_severity_level = 3
-        session = onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
+        sessions = {}
+        for precision in precisions:  # int8 takes the unrolled layout, calibrated step by step (the exporter's rule)
+            path = folder / f"{request['name']}-{precision}.onnx"
+            export(run, registry, out=path, sampler=request,
+                   options={"validate_batch_sizes": [1], "precision": precision})
+            sessions[f"onnxruntime {precision}"] = onnxruntime.InferenceSession(str(path), settings,
+                                                                                 providers=["CPUExecutionProvider"])
         theirs, evaluations = diffusers_loop(scheduler, options, sampler, network)
         for batch in batch_sizes:
             noise = torch.randn(batch, *trained.components.model.noise_shape, generator=torch.Generator().manual_seed(0))
             feed = {"noise": noise.numpy()}
+            paths = {name: lambda session=session, feed=feed: session.run(None, feed)
+                     for name, session in sessions.items()}
+            paths["pytorch loop"] = lambda sampler=sampler, network=network, noise=noise: sampler.sample(network, noise)
+            paths["diffusers loop"] = lambda theirs=theirs, noise=noise: theirs(noise)
             with torch.no_grad():
-                times = measure_interleaved({
-                    "onnxruntime": lambda session=session, feed=feed: session.run(None, feed),
-                    "pytorch loop": lambda sampler=sampler, network=network, noise=noise: sampler.sample(network,
-                                                                                                          noise),
-                    "diffusers loop": lambda theirs=theirs, noise=noise: theirs(noise),
-                }, repeats, pause=0.05)  # onnxruntime's spinning threads would slow the next path 2x (measured)
+                # a pause before each call: onnxruntime's spinning threads would slow the next path 2x (measured)
+                times = measure_interleaved(paths, repeats, pause=0.05)
             medians = {path: sorted(values)[len(values) // 2] * 1e3 for path, values in times.items()}
             row = {"sampler": label, "batch": batch, "evaluations": evaluations, **medians}
             rows.append(row)
             print(f"{label:<16} batch {batch:>3}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()),
                   file=sys.stderr)
-            targets[f"{label} batch {batch}: PyTorch loop / onnxruntime (target >= 1.5 at 16)"] = \
-                medians["pytorch loop"] / medians["onnxruntime"]
-            targets[f"{label} batch {batch}: diffusers loop / onnxruntime (target > 1)"] = \
-                medians["diffusers loop"] / medians["onnxruntime"]
+            for name in sessions:
+                targets[f"{label} batch {batch}: PyTorch loop / {name} (target >= 1.5 at 16)"] = \
+                    medians["pytorch loop"] / medians[name]
+                targets[f"{label} batch {batch}: diffusers loop / {name} (target > 1)"] = \
+                    medians["diffusers loop"] / medians[name]
     return rows, targets
 
 
@@ -144,6 +150,8 @@ def main() -> None:
     parser.add_argument("--ddim-run", type=Path)
     parser.add_argument("--ddim-batch-sizes", default="1,16")
     parser.add_argument("--sampler-run", type=Path, help="A diffusion run: time each sampler (needs diffusers).")
+    parser.add_argument("--sampler-precisions", default="fp32",
+                        help="The exports timed for --sampler-run, comma-separated: fp32, fp16, int8.")
     parser.add_argument("--skip-gan", action="store_true", help="Leave out the GAN generator.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -154,7 +162,8 @@ def main() -> None:
         if args.sampler_run:
             sizes = tuple(int(size) for size in args.ddim_batch_sizes.split(","))
             results["samplers"], sampler_targets = sampler_speed(args.sampler_run, registry, sizes, args.threads,
-                                                                 max(3, args.repeats // 4), Path(folder))
+                                                                 max(3, args.repeats // 4), Path(folder),
+                                                                 tuple(args.sampler_precisions.split(",")))
             targets.update(sampler_targets)
         if args.skip_gan:
             report_targets(targets, results, args.json)
