@@ -120,7 +120,7 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(3, ge=1, le=10**6, description="How many step checkpoints to keep.")
     channels_last: bool = Field(
         False, description="Keep image networks and batches in channels-last memory order (faster convolutions on "
-        "recent GPUs with mixed precision)."
+        "recent GPUs with mixed precision, and for a DCGAN in fp32 on a CPU; measure: some networks get slower)."
     )
     compile: bool = Field(False, description="Compile the networks with torch.compile (a slower start, faster steps); "
                           "CUDA devices only: ignored on the CPU, with a warning (torch's CPU compiler gave NaN "
