@@ -128,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from aigc_kit.core.registry import Registry
-    from aigc_kit.core.run import load_trained
+    from aigc_kit.core.trained import load_trained
 
     run_dir = args.run or train(args.config, args.output, args.steps)
     registry = Registry(builtin_only=True)

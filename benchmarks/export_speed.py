@@ -94,7 +94,7 @@ def sampler_speed(run: Path, registry, batch_sizes: tuple[int, ...], threads: in
     import onnxruntime
     import torch
 
-    from aigc_kit.core.run import export, load_trained
+    from aigc_kit.core.trained import export, load_trained
     from aigc_kit.exporters.bench import measure_interleaved
 
     torch.set_num_threads(threads)

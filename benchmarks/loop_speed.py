@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from aigc_kit.core.components import build_components
 from aigc_kit.core.config import load_config, parse_config
 from aigc_kit.core.device import native_bf16_cpu, resolve_precision
 from aigc_kit.core.loop import Trainer
 from aigc_kit.core.registry import Registry
-from aigc_kit.core.run import build_components
 from aigc_kit.plugins.datasets.shapes import ShapesDataset
 from aigc_kit.plugins.dcgan.networks import Discriminator, Generator
 

@@ -113,7 +113,7 @@ def real_baseline(run: str, samples: int) -> dict:
     """
     from aigc_kit.core.evaluation import build_metrics, evaluate
     from aigc_kit.core.registry import default_registry
-    from aigc_kit.core.run import load_trained
+    from aigc_kit.core.trained import load_trained
 
     registry = default_registry()
     data = load_trained(run, registry).components.data

@@ -75,7 +75,7 @@ def main() -> None:
 
     from aigc_kit.core.evaluation import evaluate_run
     from aigc_kit.core.registry import default_registry
-    from aigc_kit.core.run import load_trained
+    from aigc_kit.core.trained import load_trained
 
     registry = default_registry()
     conditional = bool(load_trained(arguments.run, registry).components.model.conditions)

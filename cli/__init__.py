@@ -438,7 +438,7 @@ def new_plugin(name: str, directory: Path | None, kinds: tuple[str, ...]) -> Non
 
 
 def _sampler_request(name: str | None, items: tuple[str, ...]) -> dict[str, Any] | None:
-    """``--sampler`` and ``--sampler-option``s as :func:`aigc_kit.core.run.switched_sampler` takes them."""
+    """``--sampler`` and ``--sampler-option``s as :func:`aigc_kit.core.trained.switched_sampler` takes them."""
     request: dict[str, Any] = {"name": name} if name else {}
     for item in items:
         key, value = _key_value(item, "KEY=VALUE", "--sampler-option")
@@ -497,7 +497,7 @@ def export(state: State, source: Path, format_: str, out: Path, what: str | None
     The same options can sit in a run config's `export:` section. A diffusion model exports with its
     run's sampler, or with another one: --sampler dpm-solver++ --steps 10.
     """
-    from aigc_kit.core.run import export as export_run
+    from aigc_kit.core.trained import export as export_run
 
     options: dict[str, Any] = {key: value for key, value in (
         ("what", what), ("precision", precision), ("steps", steps), ("sampler_graph", sampler_graph),

@@ -60,12 +60,12 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
                  ) -> dict[str, Any]:
     """Metrics of ``count`` samples of a run directory or checkpoint (with ``guidance``, a conditional diffusion
     sampler's guidance scale instead of the run's; with ``sampler``, another sampler or other options, as
-    :func:`aigc_kit.core.run.switched_sampler` reads them); a JSON-able report."""
+    :func:`aigc_kit.core.trained.switched_sampler` reads them); a JSON-able report."""
     import torch
 
     from . import conditions
     from .device import evaluating
-    from .run import load_trained
+    from .trained import load_trained
 
     trained = load_trained(source, registry, sampler=sampler)
     components = trained.components

@@ -33,15 +33,16 @@ import torch
 
 from . import checkpoint as checkpoints
 from . import conditions, distributed
+from .components import Components, check_components
 from .config import OptimizerConfig, RunConfig, fingerprint
 from .data import Batch, BatchStream
 from .device import autocast, evaluating, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
-from .errors import TrainingError, UserError, did_you_mean
+from .errors import TrainingError, UserError
 from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
 from .pictures import save_grid, save_scatter
-from .plugin_api import DatasetBundle, ModelBundle, OptimizerSettings, Phase, accepts, is_stepwise
+from .plugin_api import ModelBundle, OptimizerSettings, Phase, accepts
 
 
 class Interrupted(Exception):
@@ -50,17 +51,6 @@ class Interrupted(Exception):
     def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
         super().__init__(f"stopped by signal {signal_number} after step {step}")
         self.signal_number, self.step, self.checkpoint = signal_number, step, checkpoint
-
-
-@dataclass
-class Components:
-    """The components of a run, built from its config by the registry."""
-
-    data: DatasetBundle
-    model: ModelBundle
-    loss: Any
-    sampler: Any
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,70 +65,6 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     """The checkpoint's step when the run was resumed (0 for a fresh run)."""
-
-
-def check_components(components: Components, config: RunConfig) -> None:
-    """Check that the loss, the model and the config's optimizer overrides fit together."""
-    loss_name, model_name = config.loss.name, config.model.name
-    networks = components.model.networks
-    phases = list(components.loss.phases)
-    if not phases:
-        raise UserError(f"loss {loss_name!r} declares no phases", field="loss.name")
-    for phase in phases:
-        for network in phase.trains:
-            if network not in networks:
-                raise UserError(
-                    f"loss {loss_name!r} trains a network named {network!r}, "
-                    f"but model {model_name!r} has {sorted(networks)}",
-                    field="loss.name",
-                    hint="pick a loss made for this kind of model",
-                )
-    names = {phase.name for phase in phases}
-    for phase_name in config.train.optimizers:
-        if phase_name not in names:
-            raise UserError(
-                f"loss {loss_name!r} has no phase {phase_name!r}",
-                field=f"train.optimizers.{phase_name}",
-                hint=did_you_mean(phase_name, names),
-            )
-    if components.model.sampling_network not in networks:
-        raise UserError(
-            f"model {model_name!r} names a sampling network {components.model.sampling_network!r} it lacks",
-            field="model.name",
-        )
-    declared = components.data.info.conditions
-    for name, condition in components.model.conditions.items():
-        if name not in declared:
-            raise UserError(f"model {model_name!r} is conditioned on {name!r}, which dataset {config.data.name!r} "
-                            "does not provide", field="model.conditional",
-                            hint="use a dataset with labels (e.g. shapes with labels: true), or conditional: false")
-        if condition.count != declared[name].count:
-            raise UserError(f"model {model_name!r} takes {condition.count} classes, the data has "
-                            f"{declared[name].count}", field="model.name")
-    noise_shape, data_shape = tuple(components.model.noise_shape), tuple(components.data.info.shape)
-    if is_stepwise(components.sampler) and noise_shape != data_shape:
-        raise UserError(f"sampler {config.sampler.name!r} denoises a sample step by step from noise of the data's "
-                        f"shape {data_shape}, but model {model_name!r} draws noise of shape {noise_shape} (a "
-                        "generator's latent)", field="sampler.name",
-                        hint="use a sampler for this kind of model: normal for a GAN; ddim, dpm-solver++, unipc, "
-                             "euler or heun for a diffusion model")
-    if components.model.conditions and not accepts(components.sampler.sample, "conditions"):
-        raise UserError(f"model {model_name!r} is conditional, but sampler {config.sampler.name!r} takes no "
-                        "conditions (its sample has no `conditions` argument)", field="sampler.name",
-                        hint="use a sampler that passes conditions on, or model.conditional: false")
-    if components.model.conditions and not accepts(components.loss.compute, "conditions"):
-        raise UserError(f"model {model_name!r} is conditional, but loss {loss_name!r} takes no conditions "
-                        "(its compute has no `conditions` argument): it would train the model without them",
-                        field="loss.name", hint="use a loss that passes conditions on, or model.conditional: false")
-    batch, multiple = config.train.batch_size, components.model.batch_multiple
-    if multiple > 1 and batch % multiple:
-        raise UserError(f"model {model_name!r} judges samples in groups of {multiple}, which a batch of {batch} "
-                        "does not divide into", field="train.batch_size", given=batch,
-                        hint=f"use a multiple of {multiple}, e.g. {batch - batch % multiple or multiple}")
-    size = len(components.data.dataset)
-    if size < batch:
-        raise UserError(f"the dataset has {size} samples, fewer than one batch", field="train.batch_size",
-                        given=batch, hint="use a smaller batch or more data")
 
 
 class PhaseOptimizer:

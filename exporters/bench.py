@@ -195,7 +195,7 @@ def _bench_run(source: Path, registry: Any, batch_sizes: tuple[int, ...], thread
     from torch.utils.flop_counter import FlopCounterMode
 
     from aigc_kit.core.errors import UserError, ValidationFailed
-    from aigc_kit.core.run import export, load_trained
+    from aigc_kit.core.trained import export, load_trained
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)

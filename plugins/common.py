@@ -1,6 +1,7 @@
 """Pieces the built-in model plugins share: class conditioning and PacGAN packing.
 
-A plugin package imports only ``aigc_kit.core`` and its own modules, or this one.
+A plugin package imports only ``aigc_kit.core`` and its own modules, or this one (and
+:mod:`aigc_kit.plugins.drawing`, the shapes both the dataset and the metrics draw).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from PIL import Image
 from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.registry import default_registry
-from aigc_kit.core.run import export, load_trained, run
+from aigc_kit.core.run import run
+from aigc_kit.core.trained import export, load_trained
 from aigc_kit.exporters.runtime import OnnxGenerator, draw_noise
 from aigc_kit.plugins.dcgan.networks import Discriminator, Generator
 from aigc_kit.plugins.diffusion.unet import UNet

@@ -17,11 +17,12 @@ from click.testing import CliRunner
 
 from aigc_kit.cli import cli
 from aigc_kit.core import device as devices
+from aigc_kit.core.components import build_components
 from aigc_kit.core.config import parse_config
 from aigc_kit.core.ema import EMA
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.loop import Trainer
-from aigc_kit.core.run import build_components, run
+from aigc_kit.core.run import run
 
 from .conftest import tiny_config
 

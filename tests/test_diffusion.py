@@ -7,11 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from aigc_kit.cli import cli
+from aigc_kit.core.components import build_components
 from aigc_kit.core.config import parse_config
 from aigc_kit.core.ema import EMA
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.registry import Registry
-from aigc_kit.core.run import build_components, check, run
+from aigc_kit.core.run import check, run
 from aigc_kit.plugins.diffusion.unet import SelfAttention, UNet
 
 from .conftest import tiny_config

@@ -19,7 +19,8 @@ from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest
 from aigc_kit.core.registry import default_registry
-from aigc_kit.core.run import export, load_trained, run
+from aigc_kit.core.run import run
+from aigc_kit.core.trained import export, load_trained
 from aigc_kit.exporters import runtime
 from aigc_kit.exporters.bench import BenchReport, Timing, format_report
 from aigc_kit.exporters.runtime import OnnxGenerator, choose_providers
@@ -161,11 +162,11 @@ def test_the_exporter_traces_a_cpu_fp32_copy_and_leaves_the_callers_network_as_i
 def test_the_end_of_run_export_is_made_from_the_last_checkpoint_as_aigc_kit_export_makes_it(tmp_path, write_config,
                                                                                           builtin_registry_module,
                                                                                           monkeypatch):
-    from aigc_kit.core import run as runs
+    from aigc_kit.core import trained
 
     sources = []
-    original = runs.load_trained
-    monkeypatch.setattr(runs, "load_trained", lambda source, *args, **kwargs: sources.append(source) or original(
+    original = trained.load_trained
+    monkeypatch.setattr(trained, "load_trained", lambda source, *args, **kwargs: sources.append(source) or original(
         source, *args, **kwargs))
     outcome = run(write_config({**tiny_config(), "export": {"format": "onnx"}}), builtin_registry_module,
                   output=tmp_path / "run")
@@ -584,16 +585,16 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
 
 
 def test_bench_exports_a_model_without_transposed_convolutions_once_per_precision(unet_run, monkeypatch):
-    import aigc_kit.core.run as run_module
+    import aigc_kit.core.trained as trained_module
 
     exported = []
-    real_export = run_module.export
+    real_export = trained_module.export
 
     def counting_export(*args, **kwargs):
         exported.append(kwargs["options"])
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "export", counting_export)
+    monkeypatch.setattr(trained_module, "export", counting_export)
     result = CliRunner().invoke(cli, ["bench", str(unet_run), "--batch-sizes", "1", "--repeats", "3",
                                       "--precisions", "fp32,fp16", "--no-compile", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output

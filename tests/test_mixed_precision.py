@@ -15,9 +15,9 @@ import torch
 
 import aigc_kit.core
 from aigc_kit.core.checkpoint import load_checkpoint
+from aigc_kit.core.components import build_components
 from aigc_kit.core.config import parse_config
 from aigc_kit.core.loop import Trainer
-from aigc_kit.core.run import build_components
 
 from .conftest import tiny_config
 

@@ -14,9 +14,11 @@ from PIL import Image
 
 from aigc_kit.cli import cli
 from aigc_kit.core.checkpoint import load_checkpoint
+from aigc_kit.core.components import build_components
 from aigc_kit.core.config import load_config
 from aigc_kit.core.errors import UserError, ValidationFailed
-from aigc_kit.core.run import build_components, export, run
+from aigc_kit.core.run import run
+from aigc_kit.core.trained import export
 from aigc_kit.exporters import onnx_export
 
 from .conftest import tiny_config

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from aigc_kit.cli import cli
 from aigc_kit.core.registry import default_registry
-from aigc_kit.core.run import export, run
+from aigc_kit.core.run import run
+from aigc_kit.core.trained import export
 from aigc_kit.exporters.runtime import OnnxGenerator, tensorrt_options
 
 from .conftest import tiny_config

@@ -349,7 +349,7 @@ def unet_run(tmp_path_factory):
 
 def test_another_sampler_keeps_the_options_it_shares_with_the_runs_and_drops_the_others():
     from aigc_kit.core.registry import default_registry
-    from aigc_kit.core.run import switched_sampler
+    from aigc_kit.core.trained import switched_sampler
 
     current = {"name": "ddim", "steps": 50, "eta": 0.5, "clip_sample": False, "timestep_spacing": "linspace"}
     registry = default_registry()

@@ -12,8 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, DatasetInfo
-
-from .shapes import to_tensor
+from aigc_kit.plugins.drawing import to_tensor
 
 UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 """What Pillow raises for a file it cannot (or, for one of more than Pillow's pixel limit, will not) decode."""

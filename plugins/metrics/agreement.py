@@ -67,7 +67,7 @@ def _classifier(options: Any, classes: tuple[str, ...]) -> tuple[Extractor, torc
     if options.classifier != "shapes":
         return load_extractor(options.classifier, options.input_size, tuple(options.input_range),
                               field="classifier"), None
-    from aigc_kit.plugins.datasets.shapes import KINDS
+    from aigc_kit.plugins.drawing import KINDS
 
     from .classifier import load_classifier
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_kit.plugins.datasets.shapes import KINDS, draw_labelled_shape, to_tensor
+from aigc_kit.plugins.drawing import KINDS, draw_labelled_shape, to_tensor
 
 WEIGHTS = Path(__file__).with_name("shapes_classifier.safetensors")
 INPUT_SIDE = 32
