@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .device import SEED_STRIDE
 from .errors import UserError
 from .plugin_api import SAMPLE_KEY
 
 
 def epoch_permutation(size: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of epoch ``epoch``: the same in every process and every run with this seed."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + epoch))
 
 
 class EpochSampler(Sampler[int]):
@@ -172,6 +173,6 @@ class BatchStream:
             drop_last=True,
             num_workers=self.workers,
             pin_memory=self.pin_memory,
-            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 1),
+            generator=torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch + 1),
             collate_fn=collate,
         )

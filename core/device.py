@@ -178,6 +178,11 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return None
 
 
+SEED_STRIDE = 1_000_003
+"""A prime that keeps derived seeds apart: ``seed + SEED_STRIDE * rank`` (each process's) and ``seed * SEED_STRIDE +
+epoch`` (each epoch's order) never meet for any other seed, rank or epoch a run uses."""
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
@@ -186,7 +191,7 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     """Put modules in eval mode for the block and restore their previous modes after it."""
     modes = [module.training for module in modules]
     try:

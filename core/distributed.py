@@ -26,7 +26,7 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class Distributed:
+class ProcessPlace:
     """This process's place in the job: one process (the default) or ``world_size`` of them."""
 
     rank: int = 0
@@ -61,7 +61,7 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def from_environment(device: torch.device, timeout: float = 7200.0) -> Distributed:
+def from_environment(device: torch.device, timeout: float = 7200.0) -> ProcessPlace:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ...), if any.
 
     ``timeout`` (seconds) bounds every wait for the other processes, NCCL's
@@ -71,7 +71,7 @@ def from_environment(device: torch.device, timeout: float = 7200.0) -> Distribut
     global _host_group
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Distributed()
+        return ProcessPlace()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = backend_for(device)
@@ -79,18 +79,18 @@ def from_environment(device: torch.device, timeout: float = 7200.0) -> Distribut
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
         _host_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout)) if backend == "nccl" else None
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+    return ProcessPlace(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def from_process_zero(read: Callable[[], T], processes: Distributed) -> T:
+def from_process_zero(read: Callable[[], T], place: ProcessPlace) -> T:
     """``read()`` in process 0, its result sent to every process; a :class:`UserError` it raises is raised in all."""
     from .errors import UserError
 
-    if not processes.enabled:
+    if not place.enabled:
         return read()
     message: list[Any] = [None]
     failure: BaseException | None = None
-    if processes.is_main:
+    if place.is_main:
         try:
             message[0] = ("value", read())
         except UserError as error:
@@ -109,10 +109,10 @@ def from_process_zero(read: Callable[[], T], processes: Distributed) -> T:
     return payload
 
 
-def shutdown(processes: Distributed) -> None:
+def shutdown(place: ProcessPlace) -> None:
     """Wait for every process (process 0 may still be writing), then leave the process group cleanly."""
     global _host_group
-    if processes.enabled and dist.is_initialized():
+    if place.enabled and dist.is_initialized():
         dist.barrier(group=_host_group)
         dist.destroy_process_group()
         _host_group = None
@@ -169,7 +169,7 @@ def all_agree(flag: bool) -> bool:
     return bool(value.item())
 
 
-def any_process(number: int) -> int:
+def largest(number: int) -> int:
     """The largest ``number`` over the processes (a stop signal seen by any of them)."""
     value = torch.tensor([number])
     dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group)

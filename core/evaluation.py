@@ -64,7 +64,7 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
     import torch
 
     from . import conditions
-    from .device import evaluating
+    from .device import eval_mode
     from .trained import load_trained
 
     trained = load_trained(source, registry, sampler=sampler)
@@ -81,7 +81,7 @@ def evaluate_run(source: str | Path, registry: Registry, requested: list[tuple[s
         options["guidance_scale"] = guidance
 
     def draw(n: int) -> Any:
-        with torch.no_grad(), evaluating(trained.network):
+        with torch.no_grad(), eval_mode(trained.network):
             noise = components.sampler.noise(n, noise_shape, generator=generator)
             drawn = conditions.draw(components.model.conditions, n, generator)
             samples = conditions.sample(components.sampler, trained.network, noise, drawn, generator=generator,

@@ -36,7 +36,7 @@ from . import conditions, distributed
 from .components import Components, check_components
 from .config import OptimizerConfig, RunConfig, fingerprint
 from .data import Batch, BatchStream
-from .device import autocast, evaluating, make_grad_scaler, resolve_precision, seed_everything
+from .device import SEED_STRIDE, autocast, eval_mode, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError
 from .evaluation import evaluate as evaluate_metrics
@@ -160,7 +160,7 @@ class Trainer:
 
     def __init__(self, components: Components, config: RunConfig, resolved_config: dict[str, Any],
                  run_dir: Path, device: torch.device,
-                 processes: distributed.Distributed | None = None) -> None:
+                 place: distributed.ProcessPlace | None = None) -> None:
         self.components = components
         self.config = config
         self.train = config.train
@@ -171,14 +171,14 @@ class Trainer:
         self.networks: dict[str, torch.nn.Module] = self.bundle.networks
         self.phases: list[Phase] = list(components.loss.phases)
         check_components(components, config)
-        processes = processes if processes is not None else distributed.Distributed()
-        self.processes = processes
-        if processes.enabled and self.train.sync_batchnorm:
+        place = place if place is not None else distributed.ProcessPlace()
+        self.place = place
+        if place.enabled and self.train.sync_batchnorm:
             for name in list(self.networks):
                 self.networks[name] = distributed.convert_batchnorm(self.networks[name], device)
         for network in self.networks.values():
             network.to(device).train()
-        if processes.enabled:
+        if place.enabled:
             distributed.broadcast_state(list(self.networks.values()))
         self.precision = resolve_precision(self.train.precision, device).precision  # a run passes it resolved
         self.optimizers = {
@@ -186,7 +186,7 @@ class Trainer:
                 phase, self.bundle,
                 merge_optimizer(phase.optimizer, self.train.optimizers.get(phase.name)),
                 make_grad_scaler(self.precision, device), self.train.grad_clip, self.train.lr_decay,
-                self.train.steps, processes.world_size,
+                self.train.steps, place.world_size,
             )
             for phase in self.phases
         }
@@ -236,7 +236,7 @@ class Trainer:
         averages = self._averages
         started = interval_start = time.perf_counter()
         progress = _progress(train.steps, enabled=train.progress, initial=start)
-        if train.tensorboard and self.processes.is_main:
+        if train.tensorboard and self.place.is_main:
             self.tensorboard = _summary_writer_class()(str(self.run_dir / "tensorboard"))
         try:
             with stop_signals() as stop:
@@ -245,22 +245,22 @@ class Trainer:
                     progress.update(1)
                     result.steps = step
                     stopping = stop.signal
-                    if self.processes.enabled:  # every process stops after the same step
-                        stopping = distributed.any_process(stopping)
-                    main = self.processes.is_main
+                    if self.place.enabled:  # every process stops after the same step
+                        stopping = distributed.largest(stopping)
+                    main = self.place.is_main
                     last = step == train.steps
-                    logging_now = step % train.log_every == 0 or last
-                    evaluating_now = bool(train.eval_every and self.components.metrics and (
+                    log_due = step % train.log_every == 0 or last
+                    eval_due = bool(train.eval_every and self.components.metrics and (
                         step % train.eval_every == 0 or last))
-                    sampling_now = step % train.sample_every == 0 or last
-                    checkpointing_now = step % train.checkpoint_every == 0 or last or bool(stopping)
-                    if logging_now or evaluating_now or sampling_now or checkpointing_now:
+                    sample_due = step % train.sample_every == 0 or last
+                    checkpoint_due = step % train.checkpoint_every == 0 or last or bool(stopping)
+                    if log_due or eval_due or sample_due or checkpoint_due:
                         self._settle()  # the device's pending finite checks and counts, read once here
-                    if logging_now:
+                    if log_due:
                         now = time.perf_counter()
                         steps_done = (step - 1) % train.log_every + 1
                         logs = averages.pop()
-                        if self.processes.enabled:
+                        if self.place.enabled:
                             logs = distributed.mean_over_processes(logs)
                         self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
                                   seconds=now - started)
@@ -269,15 +269,15 @@ class Trainer:
                         result.last_logs = logs
                         interval_start = now
                     improved = 0
-                    if main and evaluating_now:
+                    if main and eval_due:
                         result.last_eval = self.evaluate(step)
                         improved = int(self._improves_best(result.last_eval))
-                    if self.processes.enabled and evaluating_now:
+                    if self.place.enabled and eval_due:
                         # the other processes wait here (within train.process_timeout) while process 0 evaluates
-                        improved = distributed.any_process(improved)
-                    if main and sampling_now:
+                        improved = distributed.largest(improved)
+                    if main and sample_due:
                         result.samples.append(self.write_samples(step))
-                    if checkpointing_now or improved:
+                    if checkpoint_due or improved:
                         result.checkpoint = self.write_checkpoint(step, batches.position())
                         if improved and main:
                             checkpoints.mark_best(self.run_dir / "checkpoints", result.checkpoint)
@@ -342,7 +342,7 @@ class Trainer:
 
     def _batches(self, position: dict[str, int] | None) -> BatchStream:
         dataset = self.components.data.dataset
-        if len(dataset) < self.train.batch_size * self.processes.world_size:
+        if len(dataset) < self.train.batch_size * self.place.world_size:
             raise UserError(
                 f"the dataset has {len(dataset)} samples, fewer than one batch in each process",
                 field="train.batch_size",
@@ -351,7 +351,7 @@ class Trainer:
             )
         return BatchStream(dataset, self.train.batch_size, self.config.seed, self.device,
                            workers=self.train.data_workers, position=position,
-                           rank=self.processes.rank, world_size=self.processes.world_size,
+                           rank=self.place.rank, world_size=self.place.world_size,
                            pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last,
                            conditions=self.components.data.info.conditions, dataset_name=self.config.data.name)
 
@@ -410,12 +410,12 @@ class Trainer:
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
         """Whether ``loss`` is finite in every process (read on the host: all processes skip together)."""
         finite = bool(torch.isfinite(loss.detach()).item())
-        return distributed.all_agree(finite) if self.processes.enabled else finite
+        return distributed.all_agree(finite) if self.place.enabled else finite
 
     def _settle(self) -> None:
         """Read the device's pending checks: stop on a non-finite loss or gradient (``stop``); count scaler skips."""
         checked, first_bad, skipped = self._watch.read()
-        if self.processes.enabled:  # the same checks ran in every process: stop at the first one any of them saw
+        if self.place.enabled:  # the same checks ran in every process: stop at the first one any of them saw
             first_bad = distributed.smallest(first_bad)
         self.skipped_steps += skipped
         if first_bad >= len(checked):
@@ -429,10 +429,10 @@ class Trainer:
     def _restore_rng(self, state: dict[str, Any], step: int) -> None:
         """Each process takes back its own random state; with another process count, fresh ones per process."""
         saved = state.get("rng_by_process") or [state["rng"]]
-        if len(saved) == self.processes.world_size:
-            checkpoints.set_rng_state(saved[self.processes.rank])
+        if len(saved) == self.place.world_size:
+            checkpoints.set_rng_state(saved[self.place.rank])
         else:
-            seed_everything(self.config.seed + 1_000_003 * self.processes.rank + step)
+            seed_everything(self.config.seed + SEED_STRIDE * self.place.rank + step)
 
     def _only_train(self, phase: Phase) -> None:
         """Let gradients flow into the phase's networks only (the others are inputs to its loss)."""
@@ -451,7 +451,7 @@ class Trainer:
         # A fresh generator each time: a stochastic sampler (DDIM with eta > 0) draws the same step noise for
         # every grid, so grids stay comparable, and training's random stream is left alone.
         generator = torch.Generator().manual_seed(self.config.seed + 3)
-        with evaluating(network):
+        with eval_mode(network):
             samples = conditions.sample(self.components.sampler, network, self.fixed_noise, self.fixed_conditions,
                                         generator=generator)
         info = self.components.data.info
@@ -481,7 +481,7 @@ class Trainer:
                                         generator=generator)
             return samples.float(), drawn
 
-        with evaluating(network):
+        with eval_mode(network):
             values = evaluate_metrics(self.components.metrics, draw, self.train.eval.samples, batch_size)
         self._log(step, values)
         return values
@@ -489,9 +489,9 @@ class Trainer:
     def write_checkpoint(self, step: int, data_position: dict[str, int] | None = None) -> Path:
         """Write the checkpoint of ``step`` (process 0 writes; every process must call this)."""
         rng = checkpoints.rng_state()
-        rng_by_process = distributed.gather(rng) if self.processes.enabled else [rng]
+        rng_by_process = distributed.gather(rng) if self.place.enabled else [rng]
         path = self.run_dir / "checkpoints" / checkpoints.step_name(step)
-        if not self.processes.is_main:
+        if not self.place.is_main:
             return path
         state = {
             "rng_by_process": rng_by_process,
@@ -513,7 +513,7 @@ class Trainer:
         )
 
     def _log(self, step: int, logs: dict[str, float], **extra: float) -> None:
-        if not self.processes.is_main:
+        if not self.place.is_main:
             return
         record = {"step": step, **{k: round(v, 6) if math.isfinite(v) else v for k, v in logs.items()},
                   **{k: round(v, 4) for k, v in extra.items()}}

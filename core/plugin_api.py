@@ -46,8 +46,6 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
 """The component kinds, each registered through its own hook."""
 
-Kind = Literal["model", "loss", "sampler", "dataset", "metric", "exporter"]
-
 
 class Options(BaseModel):
     """Base class of a component's options: unknown keys are rejected, defaults are documented.

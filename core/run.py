@@ -133,15 +133,15 @@ def _train(loaded: LoadedConfig, registry: Registry, output: str | Path | None, 
 def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path | None, resume: bool,
                    say: Callable[[str], None], held: contextlib.ExitStack) -> RunOutcome:
     from . import distributed
-    from .device import check_precision, seed_everything, select_device
+    from .device import SEED_STRIDE, check_precision, seed_everything, select_device
     from .loop import Trainer
 
     config = loaded.config
     run_dir = run_directory(loaded, output)
     export_file = config.export.file if config.export else None
     device = select_device(config.device)
-    processes = distributed.from_environment(device, config.train.process_timeout)
-    device = processes.device(device)
+    place = distributed.from_environment(device, config.train.process_timeout)
+    device = place.device(device)
     if device.type == "cuda":
         import torch
 
@@ -153,7 +153,7 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         return _open_run_directory(run_dir, resume, config.output.overwrite)
 
     # Only process 0 reads the run directory: the other nodes of a job need no shared filesystem.
-    checkpoint, opening = distributed.from_process_zero(open_run_directory, processes)
+    checkpoint, opening = distributed.from_process_zero(open_run_directory, place)
     precision = choose_precision(config.train.precision, device, checkpoint)
     check_precision(precision, device)
     config.train.precision = precision.precision  # the resolved config (and so every resume) keeps the choice
@@ -165,21 +165,21 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         if checkpoint.step >= config.train.steps:
             raise UserError(f"the run already reached step {checkpoint.step}", field="train.steps",
                             given=config.train.steps, hint="raise train.steps to train further")
-    trainer = Trainer(components, config, resolved, run_dir, device, processes)  # checks; writes nothing
-    if processes.rank:  # each process draws its own noise from here on
-        seed_everything(config.seed + 1_000_003 * processes.rank)
-    if processes.is_main:
+    trainer = Trainer(components, config, resolved, run_dir, device, place)  # checks; writes nothing
+    if place.rank:  # each process draws its own noise from here on
+        seed_everything(config.seed + SEED_STRIDE * place.rank)
+    if place.is_main:
         if checkpoint is not None:
             _forget_after(run_dir / "metrics.jsonl", checkpoint.step)
         else:
             rundir.clear_run(run_dir, export_file)  # an empty folder, or overwrite, or a resume with nothing yet
         write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        described = environment(registry, device, processes)
+        described = environment(registry, device, place)
         described["precision"] = precision.as_dict()
         write_text(run_dir / "environment.json", json.dumps(described, indent=2))
         steps = f"steps {checkpoint.step + 1}-{config.train.steps}" if checkpoint is not None else \
             f"{config.train.steps} steps"
-        processes_note = f", {processes.world_size} processes" if processes.enabled else ""
+        processes_note = f", {place.world_size} processes" if place.enabled else ""
         if opening:
             say(opening)
         say(f"training {steps} on {device}{processes_note}; precision {precision.describe()}")
@@ -188,9 +188,9 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         with disk_full_is_a_user_error(run_dir, full_disk):
             result = trainer.fit(resume=checkpoint)
     finally:
-        distributed.shutdown(processes)
+        distributed.shutdown(place)
     report = None
-    if export_file is not None and processes.is_main:
+    if export_file is not None and place.is_main:
         # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,
         # whatever device and precision the run trained in.
         with disk_full_is_a_user_error(run_dir, f"free some space, then aigc-kit export {run_dir} --out FILE"):
@@ -224,7 +224,7 @@ def _open_run_directory(run_dir: Path, resume: bool, overwrite: bool) -> tuple[A
     return checkpoint, None
 
 
-def environment(registry: Registry, device: Any, processes: Any) -> dict[str, Any]:
+def environment(registry: Registry, device: Any, place: Any) -> dict[str, Any]:
     """Where a run trains: versions, device, processes and threads, CPU features, and the plugins loaded."""
     import platform
 
@@ -235,7 +235,7 @@ def environment(registry: Registry, device: Any, processes: Any) -> dict[str, An
     described = {
         "aigc-kit": host_version(), "python": platform.python_version(), "torch": torch.__version__,
         "platform": platform.platform(), "machine": platform.machine(), "device": str(device),
-        "processes": processes.world_size, "threads": torch.get_num_threads(),
+        "processes": place.world_size, "threads": torch.get_num_threads(),
     }
     if getattr(device, "type", None) == "cuda":
         described["gpu"] = torch.cuda.get_device_name(device)

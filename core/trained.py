@@ -146,7 +146,7 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
 
     rundir.check_output_file(Path(out), "--out")
 
-    from .device import evaluating
+    from .device import eval_mode
 
     try:
         trained = load_trained(source, registry, sampler=sampler,
@@ -156,5 +156,5 @@ def export(source: str | Path, registry: Registry, *, format: str = "onnx", out:
             error.file = None  # the export options came from the caller, not from the checkpoint's config
         raise
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), evaluating(trained.network):
+    with torch.no_grad(), eval_mode(trained.network):
         return export_network(registry, trained.loaded, trained.network, trained.components, Path(out))

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import torch
 
-from aigc_kit.core.device import evaluating
+from aigc_kit.core.device import eval_mode
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.files import replacing
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
@@ -144,7 +144,7 @@ class OnnxExporter:
         sampler = _with_steps(request.sampler, options.steps) if what == "sampler" else request.sampler
         layout = sampler_layout(options, what, len(sampler.timesteps) if what == "sampler" else 0)
         started = time.perf_counter()
-        with torch.no_grad(), evaluating(network):
+        with torch.no_grad(), eval_mode(network):
             graph = build_graph(what, network, sampler, request)
             model = trace(graph, options.opset, options.export_batch_size, options.seed)
             rewritten = None
@@ -186,7 +186,7 @@ class OnnxExporter:
         with replacing(path) as temporary:  # a name of this export's own, removed however it ends
             onnx.save_model(model, temporary)
             try:
-                with torch.no_grad(), evaluating(network):
+                with torch.no_grad(), eval_mode(network):
                     report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
                     if options.reference_check:
                         report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,

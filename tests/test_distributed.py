@@ -308,8 +308,8 @@ def test_the_process_timeout_reaches_the_process_group(monkeypatch):
         backend=backend, **kwargs))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    processes = distributed.from_environment(torch.device("cpu"), timeout=1234)
-    assert given == {"backend": "gloo", "timeout": timedelta(seconds=1234)} and processes.rank == 1
+    place = distributed.from_environment(torch.device("cpu"), timeout=1234)
+    assert given == {"backend": "gloo", "timeout": timedelta(seconds=1234)} and place.rank == 1
 
 
 def test_each_process_checkpoints_only_its_own_cuda_devices_random_state(monkeypatch):

@@ -49,7 +49,6 @@ class DiffusionSampler:
                  sigma_max: float | None = None) -> None:
         self.schedule = schedule
         self.guidance_scale = guidance_scale
-        self.steps = steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.use_karras_sigmas, self.sigma_max = use_karras_sigmas, sigma_max
         self.timesteps = self.sequence(steps)
@@ -61,7 +60,6 @@ class DiffusionSampler:
     def with_steps(self, steps: int) -> DiffusionSampler:
         """The same sampler over ``steps`` timesteps of the same spacing."""
         other = copy.copy(self)
-        other.steps = steps
         other.timesteps = self.sequence(steps)
         return other
 
