@@ -26,6 +26,18 @@ BUILTIN_PLUGINS = {
 
 
 @pytest.fixture(autouse=True, scope="session")
+def builtins_only():
+    """Whatever asks for the process-wide registry in a test gets the built-in plugins alone: a third-party plugin
+    installed beside aigc-kit must not change what a test sees. (Tests build their registries themselves.)"""
+    import aigc_kit.core.registry as registry_module
+    from aigc_kit.testing import isolated_registry
+
+    saved, registry_module._default = registry_module._default, isolated_registry()
+    yield
+    registry_module._default = saved
+
+
+@pytest.fixture(autouse=True, scope="session")
 def feature_cache(tmp_path_factory):
     """Real-data features are cached in a folder of the test session, not the user's cache."""
     import os
@@ -110,3 +122,34 @@ def plugin_distribution(tmp_path: Path, monkeypatch):
     yield make
     for module in created:
         sys.modules.pop(module, None)
+
+
+def tiny_unet_config(**changes) -> dict:
+    """A UNet at 16x16 small enough to train a few steps in seconds."""
+    config = tiny_config(
+        model={"name": "unet", "width": 8, "norm_groups": 4, "channel_multipliers": [1, 2],
+               "blocks_per_level": 1, "attention_resolutions": [8]},
+        loss={"name": "diffusion"},
+        sampler={"name": "ddim", "steps": 3},
+    )
+    config.update(changes)
+    return config
+
+
+CLASSES = ["circle", "square", "triangle"]  # the shapes dataset's kinds, in its order
+
+# plugin modules for the test distributions of plugin_distribution
+GOOD = """
+from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+
+class WidthOptions(Options):
+    width: int = 3
+
+@hookimpl
+def aigc_register_models():
+    return [ComponentSpec("tiny", lambda options, data_shape=None: ("tiny", options.width), "A tiny model.", WidthOptions)]
+"""
+
+BROKEN_IMPORT = """
+raise RuntimeError("this plugin is broken")
+"""

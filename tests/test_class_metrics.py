@@ -8,10 +8,10 @@ import torch
 
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.plugin_api import Condition, DatasetBundle, DatasetInfo
-from aigc_kit.core.registry import default_registry
 from aigc_kit.plugins.datasets.shapes import ShapesDataset
+from aigc_kit.testing import isolated_registry
 
-from .test_conditional import CLASSES
+from .conftest import CLASSES
 
 pytestmark = pytest.mark.usefixtures("cache")
 
@@ -33,7 +33,7 @@ def batch_of(data: DatasetBundle, count: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def metric(name: str, data: DatasetBundle, **options):
-    registry = default_registry()
+    registry = isolated_registry()
     return registry.build("metric", name, registry.options("metric", name, options), data=data)
 
 

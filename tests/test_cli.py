@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from aigc_kit.cli import cli
 
-from .test_registry import BROKEN_IMPORT, GOOD
+from .conftest import BROKEN_IMPORT, GOOD
 
 NO_TORCH = """
 import sys

@@ -13,23 +13,21 @@ from PIL import Image
 
 from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.registry import default_registry
 from aigc_kit.core.run import run
 from aigc_kit.core.trained import export, load_trained
 from aigc_kit.exporters.runtime import OnnxGenerator, draw_noise
 from aigc_kit.plugins.dcgan.networks import Discriminator, Generator
 from aigc_kit.plugins.diffusion.unet import UNet
+from aigc_kit.testing import isolated_registry
 
-from .conftest import tiny_config
-from .test_diffusion import tiny_unet_config
+from .conftest import CLASSES, tiny_config, tiny_unet_config
 
 LABELLED = {"name": "shapes", "resolution": 16, "channels": 3, "size": 64, "labels": True}
-CLASSES = ["circle", "square", "triangle"]  # the shapes dataset's kinds, in its order
 
 
 @pytest.fixture(scope="module")
 def registry():
-    return default_registry()
+    return isolated_registry()
 
 
 @pytest.fixture(scope="module")

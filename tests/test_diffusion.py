@@ -15,20 +15,7 @@ from aigc_kit.core.registry import Registry
 from aigc_kit.core.run import check, run
 from aigc_kit.plugins.diffusion.unet import SelfAttention, UNet
 
-from .conftest import tiny_config
-
-
-def tiny_unet_config(**changes) -> dict:
-    """A UNet at 16x16 small enough to train a few steps in seconds."""
-    config = tiny_config(
-        model={"name": "unet", "width": 8, "norm_groups": 4, "channel_multipliers": [1, 2],
-               "blocks_per_level": 1, "attention_resolutions": [8]},
-        loss={"name": "diffusion"},
-        sampler={"name": "ddim", "steps": 3},
-    )
-    config.update(changes)
-    return config
-
+from .conftest import tiny_config, tiny_unet_config
 
 # -- the network -------------------------------------------------------------------------
 

@@ -185,8 +185,8 @@ def test_a_conditional_gan_trains_in_two_processes_and_each_keeps_its_labels_wit
         from aigc_kit.plugins.gan_losses.losses import GanLoss
 
         def build(options):
-            from aigc_kit.core.registry import default_registry
-            loss = default_registry().create("loss", "gan-bce")
+            from aigc_kit.testing import isolated_registry
+            loss = isolated_registry().create("loss", "gan-bce")
             original = loss.compute
             reference = ShapesDataset(16, 3, 64, seed=0, backgrounds="varied", labels=True)
             kinds = {reference[i]["sample"].numpy().tobytes(): reference[i]["label"] for i in range(64)}

@@ -26,14 +26,14 @@ FEW = ["--option", "fid.real_samples=64", "--option", "precision-recall.real_sam
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     """A tiny DCGAN run on shapes that evaluates fid every 4 steps and keeps its best checkpoint."""
-    from aigc_kit.core.registry import default_registry
+    from aigc_kit.testing import isolated_registry
 
     folder = tmp_path_factory.mktemp("evaluated")
     train = {**tiny_config()["train"], "steps": 12, "eval_every": 4, "checkpoint_every": 12, "keep_checkpoints": 1,
              "eval": {"samples": 64, "metrics": [{"name": "fid", "real_samples": 64}], "best": "fid/fid"}}
     config = tiny_config(train=train, export={"format": "onnx", "file": "model.onnx"})
     (folder / "run.yaml").write_text(json.dumps(config))
-    run(folder / "run.yaml", default_registry(), output=folder / "run")
+    run(folder / "run.yaml", isolated_registry(), output=folder / "run")
     return folder / "run"
 
 

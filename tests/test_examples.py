@@ -45,6 +45,6 @@ def test_example_runs_end_to_end_when_shortened(example, tmp_path):
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_lets_the_hardware_choose_its_precision(example):
     from aigc_kit.core.config import load_config
-    from aigc_kit.core.registry import default_registry
+    from aigc_kit.testing import isolated_registry
 
-    assert load_config(example, default_registry()).config.train.precision == "auto"
+    assert load_config(example, isolated_registry()).config.train.precision == "auto"

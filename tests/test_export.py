@@ -18,15 +18,14 @@ from onnx import numpy_helper
 from aigc_kit.cli import cli
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest
-from aigc_kit.core.registry import default_registry
 from aigc_kit.core.run import run
 from aigc_kit.core.trained import export, load_trained
 from aigc_kit.exporters import runtime
 from aigc_kit.exporters.bench import BenchReport, Timing, format_report
 from aigc_kit.exporters.runtime import OnnxGenerator, choose_providers
+from aigc_kit.testing import isolated_registry
 
-from .conftest import tiny_config
-from .test_diffusion import tiny_unet_config
+from .conftest import tiny_config, tiny_unet_config
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def eta_run(tmp_path_factory, builtin_registry_module, request):
 @pytest.fixture(scope="module")
 def builtin_registry_module():
     """The installed plugins, as `aigc-kit` sees them (so components carry their distribution and version)."""
-    return default_registry()
+    return isolated_registry()
 
 
 def metadata(path) -> dict[str, str]:
@@ -131,7 +130,7 @@ def test_the_metadata_takes_the_output_shape_from_the_graph_and_says_when_the_pr
         def sample(self, network, noise, generator=None):
             return network(noise)
 
-    exporter = default_registry().create("exporter", "onnx", validate_batch_sizes=[1])
+    exporter = isolated_registry().create("exporter", "onnx", validate_batch_sizes=[1])
     exporter.export(ExportRequest(ThreeChannels().eval(), Unsaid(), (4,), (4, 8, 8), (-1.0, 1.0),
                                   str(tmp_path / "rgb.onnx")))
     meta = metadata(tmp_path / "rgb.onnx")
@@ -713,7 +712,7 @@ def test_a_sampler_written_from_the_stepwise_protocol_alone_exports_and_runs(tmp
         # checked (calibration through the protocol's transition, validation against its sample), so the tolerance
         # is wide. The other layouts keep the exporter's own.
         options["atol"] = 2.0
-    exporter = default_registry().create("exporter", "onnx", validate_batch_sizes=[1, 3], **options)
+    exporter = isolated_registry().create("exporter", "onnx", validate_batch_sizes=[1, 3], **options)
     path = tmp_path / "third-party.onnx"
     report = exporter.export(ExportRequest(ToyDenoiser(3 if conditional else 0).eval(), sampler_class(), (3, 8, 8),
                                            (3, 8, 8), (-1.0, 1.0), str(path), conditions=conditions))

@@ -9,16 +9,7 @@ import pytest
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.registry import Registry
 
-GOOD = """
-from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
-
-class WidthOptions(Options):
-    width: int = 3
-
-@hookimpl
-def aigc_register_models():
-    return [ComponentSpec("tiny", lambda options, data_shape=None: ("tiny", options.width), "A tiny model.", WidthOptions)]
-"""
+from .conftest import BROKEN_IMPORT, GOOD
 
 CLASHING = """
 from aigc_kit.core.plugin_api import ComponentSpec, hookimpl
@@ -28,9 +19,6 @@ def aigc_register_models():
     return [ComponentSpec("tiny", lambda options, data_shape=None: "other tiny", "Another tiny model.")]
 """
 
-BROKEN_IMPORT = """
-raise RuntimeError("this plugin is broken")
-"""
 
 MISSPELT_HOOK = """
 from aigc_kit.core.plugin_api import ComponentSpec, hookimpl

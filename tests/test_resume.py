@@ -17,8 +17,7 @@ from aigc_kit.core.errors import UserError
 from aigc_kit.core.loop import Interrupted, Trainer
 from aigc_kit.core.run import resume, run
 
-from .conftest import tiny_config
-from .test_diffusion import tiny_unet_config
+from .conftest import tiny_config, tiny_unet_config
 
 TIMING = {"steps_per_second", "seconds"}
 

@@ -62,9 +62,9 @@ def test_run_writes_samples_checkpoints_metrics_and_a_validated_onnx_model(tmp_p
 
 
 def _registry():
-    from aigc_kit.core.registry import default_registry
+    from aigc_kit.testing import isolated_registry
 
-    return default_registry()
+    return isolated_registry()
 
 
 def test_training_changes_the_weights_and_lowers_nothing_to_nan(tmp_path, write_config, builtin_registry):

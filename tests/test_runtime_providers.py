@@ -13,20 +13,19 @@ import pytest
 from click.testing import CliRunner
 
 from aigc_kit.cli import cli
-from aigc_kit.core.registry import default_registry
 from aigc_kit.core.run import run
 from aigc_kit.core.trained import export
 from aigc_kit.exporters.runtime import OnnxGenerator, tensorrt_options
+from aigc_kit.testing import isolated_registry
 
-from .conftest import tiny_config
-from .test_diffusion import tiny_unet_config
+from .conftest import tiny_config, tiny_unet_config
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    registry = default_registry()
+    registry = isolated_registry()
     folder = tmp_path_factory.mktemp("providers")
     (folder / "gan.yaml").write_text(json.dumps(tiny_config()))
     run(folder / "gan.yaml", registry, output=folder / "gan")

@@ -334,25 +334,25 @@ def test_a_multistep_loop_stores_the_weights_once_and_carries_its_state(tmp_path
 
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
-    from aigc_kit.core.registry import default_registry
     from aigc_kit.core.run import run
+    from aigc_kit.testing import isolated_registry
 
-    from .test_diffusion import tiny_unet_config
+    from .conftest import tiny_unet_config
 
     folder = tmp_path_factory.mktemp("unet")
     config = tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 0.5, "guidance_scale": 1.0,
                                        "clip_sample": False})
     (folder / "run.yaml").write_text(json.dumps(config))
-    run(folder / "run.yaml", default_registry(), output=folder / "run")
+    run(folder / "run.yaml", isolated_registry(), output=folder / "run")
     return folder / "run"
 
 
 def test_another_sampler_keeps_the_options_it_shares_with_the_runs_and_drops_the_others():
-    from aigc_kit.core.registry import default_registry
     from aigc_kit.core.trained import switched_sampler
+    from aigc_kit.testing import isolated_registry
 
     current = {"name": "ddim", "steps": 50, "eta": 0.5, "clip_sample": False, "timestep_spacing": "linspace"}
-    registry = default_registry()
+    registry = isolated_registry()
     assert switched_sampler(current, {"name": "unipc", "solver_order": 3}, registry) == {
         "name": "unipc", "clip_sample": False, "timestep_spacing": "linspace", "solver_order": 3}
     assert switched_sampler(current, {"steps": 10}, registry) == {**current, "steps": 10}
