@@ -150,6 +150,7 @@ def test_a_conditional_generator_exports_with_a_label_input_that_matches_pytorch
     assert spec["classes"] == CLASSES and spec["dtype"] == "int64" and spec["shape"] == ["batch"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph", ["loop", "unrolled"])
 def test_a_guided_sampler_exports_with_label_and_guidance_inputs_that_match_pytorch(guided_run, registry, tmp_path,
                                                                                     graph):
@@ -169,6 +170,7 @@ def test_a_guided_sampler_exports_with_label_and_guidance_inputs_that_match_pyto
     assert generator.guidance_scale == 2.0 and generator.classes == CLASSES
 
 
+@pytest.mark.slow
 def test_an_int8_guided_sampler_calibrates_with_labels_and_still_follows_them(guided_run, registry, tmp_path):
     path = tmp_path / "q.onnx"
     report = export(guided_run, registry, out=path, options={"precision": "int8"})
@@ -177,6 +179,7 @@ def test_an_int8_guided_sampler_calibrates_with_labels_and_still_follows_them(gu
     assert generator.classes == CLASSES and generator.guidance_scale == 2.0
 
 
+@pytest.mark.slow
 def test_a_denoiser_export_takes_minus_one_for_no_class(guided_run, registry, tmp_path):
     path = tmp_path / "d.onnx"
     export(guided_run, registry, out=path, options={"what": "denoiser"})

@@ -158,6 +158,7 @@ def test_a_run_says_records_and_keeps_what_auto_picked(monkeypatch, tmp_path, wr
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["precision"]["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_a_cpu_capped_to_avx2_resolves_auto_to_fp32_and_onednn_agrees(tmp_path, write_config):
     """The cap docs/benchmarks.md uses to measure a CPU without native bf16: oneDNN itself then reports no bf16."""
     if platform.machine() not in ("x86_64", "AMD64"):

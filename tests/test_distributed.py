@@ -131,6 +131,7 @@ def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batchnorm", [False, True], ids=["no-batchnorm", "sync-batchnorm"])
 def test_two_processes_with_batch_b_train_like_one_process_with_batch_2b(tmp_path, batchnorm):
     single = tmp_path / "single"
@@ -150,6 +151,7 @@ def test_two_processes_with_batch_b_train_like_one_process_with_batch_2b(tmp_pat
     assert [r["net/loss"] for r in logged] == pytest.approx([r["net/loss"] for r in expected], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_without_synchronised_batchnorm_each_process_normalises_its_own_half(tmp_path):
     """The check above has teeth: plain BatchNorm over 4 samples per process differs from one batch of 8."""
     result = CliRunner().invoke(cli, ["run", str(write_run(tmp_path, "single", 8, True, False)),
@@ -161,6 +163,7 @@ def test_without_synchronised_batchnorm_each_process_normalises_its_own_half(tmp
     assert not all(torch.allclose(one[key], two[key], atol=1e-6) for key in one)
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_in_one_process_and_the_nproc_shortcut_launches_torchrun(tmp_path):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", str(write_run(tmp_path, "pair", 4, True, True)), "--output",
@@ -175,6 +178,7 @@ def test_a_two_process_run_resumes_in_one_process_and_the_nproc_shortcut_launche
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_conditional_gan_trains_in_two_processes_and_each_keeps_its_labels_with_its_samples(tmp_path):
     """Each process's share of a labelled batch keeps its labels: the loss sees the labels of its own samples."""
     (tmp_path / "spy_plugin.py").write_text(textwrap.dedent('''
@@ -239,6 +243,7 @@ def test_accumulating_two_batches_of_b_updates_like_one_batch_of_2b(tmp_path):
     assert all(torch.allclose(one[key], two[key], atol=1e-6) for key in one)
 
 
+@pytest.mark.slow
 def test_a_parameter_only_one_process_has_a_gradient_for_is_averaged_with_zeros_and_none_stays_untouched(tmp_path):
     path = write_run(tmp_path, "branches", 4, False, False)
     config = yaml.safe_load(path.read_text())
@@ -259,6 +264,7 @@ def test_a_parameter_only_one_process_has_a_gradient_for_is_averaged_with_zeros_
     assert torch.equal(trained["networks/net/unused.weight"], initial["unused.weight"])
 
 
+@pytest.mark.slow
 def test_a_resumed_job_reads_the_run_directory_in_process_0_alone(tmp_path):
     """Process 1 runs in a folder without the run directory, as on another node without a shared filesystem."""
     elsewhere = tmp_path / "other-node"
@@ -287,6 +293,7 @@ def slow_evaluation_run(tmp_path, seconds: float, timeout: float):
     return torchrun("run", str(path), "--output", str(tmp_path / f"slow-{seconds}"))
 
 
+@pytest.mark.slow
 def test_processes_wait_for_process_0s_evaluation_within_the_process_timeout_and_no_longer(tmp_path):
     within = slow_evaluation_run(tmp_path, seconds=1.5, timeout=60)
     assert within.returncode == 0, within.stderr[-3000:]

@@ -24,6 +24,7 @@ def test_example_validates(example):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs_end_to_end_when_shortened(example, tmp_path):
     overrides = list(SHORT)

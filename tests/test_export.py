@@ -244,6 +244,7 @@ def test_the_export_command_reports_and_refuses_bad_input(gan_run, tmp_path):
 # -- diffusion -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_whole_ddim_sampler_is_one_graph_with_its_weights_once(unet_run, builtin_registry_module, tmp_path):
     report = export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
     denoiser = export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
@@ -267,6 +268,7 @@ def test_the_whole_ddim_sampler_is_one_graph_with_its_weights_once(unet_run, bui
     assert np.abs(actual - expected).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_the_denoiser_graph_takes_x_t_and_t(unet_run, builtin_registry_module, tmp_path):
     export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
     trained = load_trained(unet_run, builtin_registry_module)
@@ -276,6 +278,7 @@ def test_the_denoiser_graph_takes_x_t_and_t(unet_run, builtin_registry_module, t
     assert np.abs(actual - expected).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_stochastic_sampler_takes_its_step_noise_as_an_input(eta_run, builtin_registry_module, tmp_path):
     report = export(eta_run, builtin_registry_module, out=tmp_path / "eta.onnx")
     assert report["what"] == "sampler"
@@ -298,12 +301,14 @@ def test_a_stochastic_sampler_takes_its_step_noise_as_an_input(eta_run, builtin_
     assert np.abs(same - actual).max() < 1e-6  # the last step lands on the clean end and adds no noise
 
 
+@pytest.mark.slow
 def test_fp16_sampler_keeps_fp32_state_between_steps_and_stays_close(unet_run, builtin_registry_module, tmp_path):
     report = export(unet_run, builtin_registry_module, out=tmp_path / "h.onnx", options={"precision": "fp16"})
     assert 0 < report["max_abs_error"] <= report["atol"]
     assert session(tmp_path / "h.onnx").get_outputs()[0].type == "tensor(float)"
 
 
+@pytest.mark.slow
 def test_an_unrolled_sampler_repeats_the_step_and_stores_the_weights_once(unet_run, builtin_registry_module,
                                                                          tmp_path):
     report = export(unet_run, builtin_registry_module, out=tmp_path / "u.onnx", options={"sampler_graph": "unrolled"})
@@ -330,6 +335,7 @@ def test_an_unrolled_sampler_repeats_the_step_and_stores_the_weights_once(unet_r
     assert "--sampler-graph loop" in caught.value.hint
 
 
+@pytest.mark.slow
 def test_an_unrolled_stochastic_sampler_reads_each_steps_noise(eta_run, builtin_registry_module, tmp_path):
     export(eta_run, builtin_registry_module, out=tmp_path / "u.onnx", options={"sampler_graph": "unrolled"})
     assert [i.name for i in onnx.load_model(str(tmp_path / "u.onnx")).graph.input] == ["noise", "step_noise"]
@@ -341,6 +347,7 @@ def test_an_unrolled_stochastic_sampler_reads_each_steps_noise(eta_run, builtin_
     assert OnnxGenerator(tmp_path / "u.onnx", providers="cpu").generate(3, seed=1).shape == (3, 16, 16, 3)
 
 
+@pytest.mark.slow
 def test_an_int8_sampler_keeps_its_first_steps_fp32_and_calibrates_each_step(unet_run, builtin_registry_module,
                                                                              tmp_path):
     report = export(unet_run, builtin_registry_module, out=tmp_path / "q.onnx", options={"precision": "int8"})
@@ -369,6 +376,7 @@ def test_an_int8_sampler_keeps_its_first_steps_fp32_and_calibrates_each_step(une
     assert len({t.name for t in int8_weights}) == len(int8_weights) < 3 * len(conv_weights)  # once, not per step
 
 
+@pytest.mark.slow
 def test_a_failing_int8_sampler_says_what_to_change(unet_run, builtin_registry_module, tmp_path):
     with pytest.raises(ValidationFailed, match=r"fp32_steps=N; this export kept 2 of 4"):
         export(unet_run, builtin_registry_module, out=tmp_path / "q.onnx",
@@ -399,6 +407,7 @@ def test_sampler_layout_options_are_refused_where_they_mean_nothing(unet_run, ga
 # -- the runtime -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_generate_runs_in_a_process_where_torch_cannot_be_imported(unet_run, builtin_registry_module, tmp_path):
     export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
     script = textwrap.dedent(f"""
@@ -421,6 +430,7 @@ def test_generate_runs_in_a_process_where_torch_cannot_be_imported(unet_run, bui
     assert Image.open(tmp_path / "grid.png").size == (2 + 3 * 18, 2 + 2 * 18)
 
 
+@pytest.mark.slow
 def test_the_runtime_reproduces_the_pytorch_sampler_for_the_same_noise(unet_run, builtin_registry_module, tmp_path):
     export(unet_run, builtin_registry_module, out=tmp_path / "s.onnx")
     generator = OnnxGenerator(tmp_path / "s.onnx", providers="cpu", threads=1)
@@ -499,6 +509,7 @@ def test_auto_hands_over_to_the_next_provider_when_one_cannot_load_the_model(gan
     assert "--providers cpu" in str(asked_for.value)
 
 
+@pytest.mark.slow
 def test_auto_leaves_diffusion_samplers_to_the_cpu_provider_when_openvino_is_installed(unet_run, gan_run,
                                                                                       builtin_registry_module,
                                                                                       tmp_path, monkeypatch):
@@ -537,6 +548,7 @@ def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
     assert "not installed" in str(neither.value) and "aigc-kit[cpu]" in str(neither.value)
 
 
+@pytest.mark.slow
 def test_the_runtime_refuses_files_it_cannot_generate_from(unet_run, builtin_registry_module, tmp_path):
     export(unet_run, builtin_registry_module, out=tmp_path / "d.onnx", options={"what": "denoiser"})
     result = CliRunner().invoke(cli, ["generate", str(tmp_path / "d.onnx"), "--out", str(tmp_path / "x.png")])
@@ -551,6 +563,7 @@ def test_the_runtime_refuses_files_it_cannot_generate_from(unet_run, builtin_reg
 # -- the benchmark command -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(gan_run), "--batch-sizes", "1,3", "--repeats", "3",
                                       "--precisions", "fp32,fp16", "--no-compile", "--threads", "1", "--json"])
@@ -583,6 +596,7 @@ def test_bench_times_onnxruntime_beside_each_pytorch_path(gan_run, tmp_path):
     assert bad.exit_code == 2 and "--precisions" in bad.output
 
 
+@pytest.mark.slow
 def test_bench_exports_a_model_without_transposed_convolutions_once_per_precision(unet_run, monkeypatch):
     import aigc_kit.core.trained as trained_module
 

@@ -38,6 +38,7 @@ def latest_step(run_dir) -> int:
     return int(latest.read_text().strip().removeprefix("step-")) if latest.exists() else 0
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_random_moments_always_leaves_a_loadable_checkpoint_and_resumes_exactly(
         builtin_registry, write_config, tmp_path):
     path = write_config(killable_config())

@@ -57,6 +57,7 @@ def test_the_table_lists_every_case_and_nothing_else():
 
 # -- two processes at once ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_is_refused_while_the_first_trains_and_a_dead_holder_blocks_nothing(
         tmp_path):
     config = json.loads(json.dumps(hostile.TINY))
@@ -83,6 +84,7 @@ def _latest(run_dir: Path) -> int:
     return int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
 
 
+@pytest.mark.slow
 def test_two_exports_to_one_file_at_once_both_succeed(base, tmp_path):
     command = [sys.executable, "-m", "aigc_kit.cli", "export", str(base / "run"), "--out", str(tmp_path / "m.onnx")]
     exports = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -91,6 +93,7 @@ def test_two_exports_to_one_file_at_once_both_succeed(base, tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file of either is left
 
 
+@pytest.mark.slow
 def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(base, tmp_path):
     export = subprocess.Popen([sys.executable, "-m", "aigc_kit.cli", "export", str(base / "run"), "--out",
                                str(tmp_path / "m.onnx")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -105,6 +108,7 @@ def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(base, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_launcher_stopped_by_a_signal_stops_every_process_after_a_checkpoint(tmp_path):
     config = json.loads(json.dumps(hostile.TINY))
     config["train"].update(steps=100000, checkpoint_every=100000, log_every=10)

@@ -94,6 +94,7 @@ def test_packed_dcgan_discriminator_judges_groups(builtin_registry):
     assert bundle.networks["discriminator"](torch.randn(6, 3, 16, 16)).shape == (3,)
 
 
+@pytest.mark.slow
 def test_a_short_wgan_gp_run_on_the_ring_improves_mode_coverage(tmp_path, write_config, builtin_registry):
     config = {
         "seed": 0,

@@ -55,6 +55,7 @@ def gpu_onnxruntime(monkeypatch):
     return asked
 
 
+@pytest.mark.slow
 def test_tensorrt_is_asked_for_with_an_engine_cache_beside_the_model_and_profiles_over_the_validated_batches(
         exports, gpu_onnxruntime):
     generator = OnnxGenerator(exports / "gan.onnx", providers="tensorrt", device_id=1)

@@ -279,6 +279,7 @@ def _tiny_guided_unet(classes: int = 3):
     ("dpm-solver++", {"solver_order": 3, "use_karras_sigmas": True}, "loop"), ("unipc", {"solver_order": 2}, "loop"), ("euler", {}, "loop"),
     ("heun", {"sigma_max": 80.0}, "loop"), ("unipc", {"solver_order": 3}, "unrolled"), ("heun", {}, "unrolled"),
 ], ids=["dpm++3-karras-loop", "unipc2-loop", "euler-loop", "heun-sigma-max-loop", "unipc3-unrolled", "heun-unrolled"])
+@pytest.mark.slow
 def test_each_sampler_exports_as_one_graph_that_matches_pytorch_at_run_time_steps_and_guidance(tmp_path, name,
                                                                                                options, layout):
     from aigc_kit.core.plugin_api import Condition, ExportRequest
@@ -312,6 +313,7 @@ def test_each_sampler_exports_as_one_graph_that_matches_pytorch_at_run_time_step
     assert model.generate(2, seed=0, labels=[0, 2]).shape == (2, 8, 8, 3)
 
 
+@pytest.mark.slow
 def test_a_multistep_loop_stores_the_weights_once_and_carries_its_state(tmp_path):
     import onnx
 
@@ -358,6 +360,7 @@ def test_another_sampler_keeps_the_options_it_shares_with_the_runs_and_drops_the
     assert switched_sampler(current, {"steps": 10}, registry) == {**current, "steps": 10}
 
 
+@pytest.mark.slow
 def test_export_and_eval_take_another_sampler_and_generate_says_which_one_a_file_holds(unet_run, tmp_path):
     from click.testing import CliRunner
 
