@@ -34,15 +34,17 @@ import torch
 from . import checkpoint as checkpoints
 from . import conditions, distributed
 from .components import Components, check_components
-from .config import OptimizerConfig, RunConfig, fingerprint
+from .config import RunConfig, fingerprint
 from .data import Batch, BatchStream
 from .device import SEED_STRIDE, autocast, eval_mode, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError
 from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
+from .optimizers import PhaseOptimizer, merge_optimizer
 from .pictures import save_grid, save_scatter
-from .plugin_api import ModelBundle, OptimizerSettings, Phase, accepts
+from .plugin_api import Phase, accepts
+from .tallies import Averages, FiniteWatch
 
 
 class Interrupted(Exception):
@@ -65,94 +67,6 @@ class TrainResult:
     seconds: float = 0.0
     resumed_from: int = 0
     """The checkpoint's step when the run was resumed (0 for a fresh run)."""
-
-
-class PhaseOptimizer:
-    """One phase's optimizer, with its own gradient scaler (fp16) and clipping.
-
-    Each phase has its own scaler: an overflow in the discriminator's gradients
-    lowers the discriminator's scale only, and a scaler's growth interval counts
-    its own phase's updates.
-    """
-
-    def __init__(self, phase: Phase, bundle: ModelBundle, settings: OptimizerSettings,
-                 scaler: torch.amp.GradScaler | None, grad_clip: float | None,
-                 lr_decay: str = "none", total_steps: int = 1, world_size: int = 1) -> None:
-        self.phase = phase
-        self.bundle = bundle
-        self.parameters = [p for name in phase.trains for p in bundle.networks[name].parameters()]
-        self.optimizer = build_optimizer(settings, self.parameters)
-        self.scaler = scaler
-        self.grad_clip = grad_clip
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(lr_decay, total_steps))
-        self.world_size = world_size
-
-    def backward(self, loss: torch.Tensor, first: bool) -> None:
-        """Add ``loss``'s gradients (a new update starts at ``first``; later micro-batches accumulate)."""
-        if first:
-            self.optimizer.zero_grad(set_to_none=True)
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-
-    def step(self, skip_nonfinite: bool = False) -> torch.Tensor:
-        """Apply the accumulated gradients; return whether they were all finite, as a bool tensor on the device.
-
-        Nothing is read back to the host, except with ``skip_nonfinite`` and no
-        scaler: then non-finite gradients are dropped instead of applied, which
-        needs their verdict on the host before the update. With fp16's scaler,
-        an overflowing update is the scaler's to skip (it lowers its scale).
-        """
-        if self.world_size > 1:
-            distributed.average_gradients(self.parameters, self.world_size)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
-        finite = torch.isfinite(norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif skip_nonfinite and not finite.item():
-            self.optimizer.zero_grad(set_to_none=True)
-            return finite
-        else:
-            self.optimizer.step()
-        if self.phase.after_step is not None:
-            self.phase.after_step(self.bundle)
-        return finite
-
-
-def lr_factor(decay: str, total_steps: int):
-    """The learning-rate multiplier after ``step`` training steps: constant, or decaying to 0 at the end."""
-    if decay == "linear":
-        return lambda step: max(0.0, 1.0 - step / total_steps)
-    if decay == "cosine":
-        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return lambda step: 1.0
-
-
-def build_optimizer(settings: OptimizerSettings, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The torch optimizer named by ``settings``."""
-    if settings.name == "adam":
-        return torch.optim.Adam(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
-    if settings.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
-    if settings.name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=settings.lr, momentum=settings.momentum,
-                                   weight_decay=settings.weight_decay)
-    if settings.name == "sgd":
-        return torch.optim.SGD(parameters, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimizer {settings.name!r}")
-
-
-def merge_optimizer(proposed: OptimizerSettings, override: OptimizerConfig | None) -> OptimizerSettings:
-    """The loss's proposed optimizer with the config's overrides applied."""
-    if override is None:
-        return proposed
-    changes = {key: value for key, value in override.model_dump().items() if value is not None}
-    return OptimizerSettings(**{**proposed.__dict__, **changes})
 
 
 class Trainer:
@@ -211,8 +125,8 @@ class Trainer:
         ).to(device)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
-        self._averages = _Averages()
-        self._watch = _FiniteWatch(self.train.nonfinite)
+        self._averages = Averages()
+        self._watch = FiniteWatch(self.train.nonfinite)
         self._loss_takes = {name: accepts(components.loss.compute, name) for name in ("conditions", "sampler")}
         self.skipped_steps = 0
         self.best_value: float | None = None  # of train.eval.best, over this run's evaluations
@@ -355,7 +269,7 @@ class Trainer:
                            pin_memory=self.device.type == "cuda", channels_last=self.train.channels_last,
                            conditions=self.components.data.info.conditions, dataset_name=self.config.data.name)
 
-    def _step(self, step: int, batches: Iterator[Batch], averages: _Averages) -> None:
+    def _step(self, step: int, batches: Iterator[Batch], averages: Averages) -> None:
         """One training step: every phase of the loss, each repeated as it asks, then the EMA update.
 
         Finite checks stay on the device (read at the next log, evaluation, sample
@@ -525,79 +439,6 @@ class Trainer:
                     self.tensorboard.add_scalar(key, value, step)
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-
-
-class _FiniteWatch:
-    """Whether losses and gradients stayed finite, kept as flags on the device until :meth:`read`.
-
-    Reading a flag makes the host wait for the device, so the loop reads them
-    all at once at its next log, evaluation, sample or checkpoint: a
-    non-finite value stops the run there (``train.nonfinite: stop``), before
-    anything of the steps since is written.
-    """
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.pending: list[tuple[int, str, str, torch.Tensor]] = []  # (step, phase, what, not finite)
-        self.scaler_skips: list[torch.Tensor] = []
-
-    def loss(self, step: int, phase: str, loss: torch.Tensor) -> None:
-        if self.mode == "stop":
-            self.pending.append((step, phase, "loss", ~torch.isfinite(loss.detach())))
-
-    def gradients(self, step: int, phase: str, finite: torch.Tensor) -> None:
-        if self.mode == "stop":
-            self.pending.append((step, phase, "gradient", ~finite))
-
-    def skipped_by_scaler(self, finite: torch.Tensor) -> None:
-        """An fp16 update: the scaler skipped it if its gradients overflowed."""
-        self.scaler_skips.append(~finite)
-
-    def read(self) -> tuple[list[tuple[int, str, str]], int, int]:
-        """What was checked since the last read as (step, phase, what), the index of the first non-finite one
-        (their count when all were finite), and how many updates the scalers skipped."""
-        pending, skips = self.pending, self.scaler_skips
-        self.pending, self.scaler_skips = [], []
-        skipped = int(torch.stack(skips).sum()) if skips else 0
-        checked = [item[:3] for item in pending]
-        if not pending:
-            return checked, 0, skipped
-        bad = torch.stack([flag for *_, flag in pending]).cpu().nonzero()
-        return checked, int(bad[0]) if len(bad) else len(checked), skipped
-
-
-class _Averages:
-    """Running means of the logged values, per ``phase/name``, since the last :meth:`pop`.
-
-    Tensor values are summed where they are (on the device): nothing is read
-    back to the host until :meth:`pop` or :meth:`state`.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, phase: str, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            name = f"{phase}/{key}"
-            value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def state(self) -> dict[str, dict[str, float]]:
-        """The window so far (saved in checkpoints, so a resumed run logs the same averages)."""
-        return {"sums": {k: float(v) for k, v in self.sums.items()},
-                "counts": {k: float(v) for k, v in self.counts.items()}}
-
-    def load(self, state: dict[str, dict[str, float]]) -> None:
-        self.sums = dict(state.get("sums", {}))
-        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
-
-    def pop(self) -> dict[str, float]:
-        means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
-        self.sums.clear()
-        self.counts.clear()
-        return means
 
 
 def _summary_writer_class() -> Any:

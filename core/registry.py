@@ -48,19 +48,22 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import Version
 from pydantic import ValidationError
 
 from . import hookspecs
+from .compatibility import (
+    OWN_DISTRIBUTION,
+    IncompatiblePlugin,
+    declared_problem,
+    distribution_problem,
+    normalise,
+)
 from .errors import UserError, did_you_mean, from_validation_error
-from .plugin_api import HOOK_API_VERSION, KINDS, PROJECT_NAME, ComponentSpec, DatasetBundle, ModelBundle, accepts
+from .plugin_api import KINDS, PROJECT_NAME, ComponentSpec, DatasetBundle, ModelBundle, accepts
 
 DISABLE_ENV = "AIGC_KIT_DISABLE_PLUGINS"
 STRICT_ENV = "AIGC_KIT_STRICT_PLUGINS"
 TRACE_ENV = "AIGC_KIT_TRACE_PLUGINS"
-OWN_DISTRIBUTION = "aigc-kit"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -117,7 +120,7 @@ class Registry:
         if disabled is None:
             disabled = os.environ.get(DISABLE_ENV, "").split(",")
         # compared as pip compares distribution names (PEP 503): aigc_kit_x, AIGC-KIT-X and aigc-kit.x are one
-        self.disabled = {_normalise(name.strip()) for name in disabled if name.strip()}
+        self.disabled = {normalise(name.strip()) for name in disabled if name.strip()}
         if strict is None:
             strict = _truthy(os.environ.get(STRICT_ENV, ""))
         self.strict = strict
@@ -132,7 +135,7 @@ class Registry:
         if entry_points is None:
             entry_points = metadata.entry_points(group=PROJECT_NAME)
         entry_points = sorted(entry_points, key=_builtin_first)
-        known = {_normalise(name) for entry_point in entry_points
+        known = {normalise(name) for entry_point in entry_points
                  for name in (entry_point.name, entry_point.dist.name if entry_point.dist else "")}
         unmatched = sorted(self.disabled - known)
         if unmatched:
@@ -141,7 +144,7 @@ class Registry:
         for entry_point in entry_points:
             distribution = entry_point.dist.name if entry_point.dist else None
             version = entry_point.dist.version if entry_point.dist else None
-            builtin = distribution is not None and _normalise(distribution) == OWN_DISTRIBUTION
+            builtin = distribution is not None and normalise(distribution) == OWN_DISTRIBUTION
             if self.builtin_only and not builtin:
                 continue
             record = PluginRecord(
@@ -160,11 +163,11 @@ class Registry:
                 )
                 self._fail(record, f"{record.name} ({distribution})")
                 continue
-            if _normalise(entry_point.name) in self.disabled or (distribution and _normalise(distribution) in self.disabled):
+            if normalise(entry_point.name) in self.disabled or (distribution and normalise(distribution) in self.disabled):
                 record.status = "disabled"
                 self.records[record.name] = record
                 continue
-            problem = None if builtin else _distribution_problem(entry_point.dist)
+            problem = None if builtin else distribution_problem(entry_point.dist)
             if problem:
                 record.status = "failed"
                 record.error = problem
@@ -256,7 +259,7 @@ class Registry:
         """Register ``plugin`` and collect its components, all or nothing."""
         manager = self.plugin_manager
         try:
-            problem = _declared_problem(plugin)
+            problem = declared_problem(plugin)
             if problem:
                 raise IncompatiblePlugin(problem)
             with warnings.catch_warnings(record=True) as raised:
@@ -460,56 +463,6 @@ class Registry:
         return list(self.records.values())
 
 
-class IncompatiblePlugin(Exception):
-    """A plugin declares that it does not support this aigc-kit or its hook API."""
-
-
-def host_version() -> str:
-    """The installed aigc-kit's version."""
-    try:
-        return metadata.version(OWN_DISTRIBUTION)
-    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-        return "0"
-
-
-def _distribution_problem(distribution: metadata.Distribution | None) -> str | None:
-    """Why the distribution's own requirement on aigc-kit rules this host out, if it does."""
-    for line in (distribution.requires or []) if distribution else []:
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            continue
-        if _normalise(requirement.name) != OWN_DISTRIBUTION:
-            continue
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue  # an optional extra's requirement
-        if not requirement.specifier.contains(Version(host_version()), prereleases=True):
-            return _incompatible(f"{distribution.name} {distribution.version} requires aigc-kit{requirement.specifier}",
-                                 f"aigc-kit {host_version()}")
-    return None
-
-
-def _declared_problem(plugin: Any) -> str | None:
-    """Why the plugin's ``requires_aigc_kit`` or ``requires_hook_api`` rules this host out, if it does."""
-    for attribute, version, what in (("requires_aigc_kit", host_version(), "aigc-kit"),
-                                     ("requires_hook_api", HOOK_API_VERSION, "hook API")):
-        declared = getattr(plugin, attribute, None)
-        if declared is None:
-            continue
-        try:
-            supported = SpecifierSet(str(declared))
-        except InvalidSpecifier:
-            return f"{attribute} = {declared!r} is not a version specifier (write it like '>=1.0,<2')"
-        if not supported.contains(Version(version), prereleases=True):
-            return _incompatible(f"it declares {attribute} = {str(supported)!r}", f"{what} {version}")
-    return None
-
-
-def _incompatible(wants: str, have: str) -> str:
-    return (f"incompatible: {wants}, and this is {have}; install a release of the plugin that supports "
-            f"it, or an aigc-kit the plugin supports")
-
-
 def _summary(result: Any) -> str:
     """A hook's result, short: the names of the specs it returned."""
     specs = [spec for item in (result or []) for spec in (item if isinstance(item, list) else [item])]
@@ -564,13 +517,9 @@ _BUILT: dict[str, tuple[Callable[[Any], bool], str]] = {
 """What a factory of each kind must return: a check, and its name for the message."""
 
 
-def _normalise(distribution: str) -> str:
-    return re.sub(r"[-_.]+", "-", distribution).lower()
-
-
 def _builtin_first(entry_point: metadata.EntryPoint) -> tuple[int, str]:
     distribution = entry_point.dist.name if entry_point.dist else ""
-    return (0 if _normalise(distribution) == OWN_DISTRIBUTION else 1, entry_point.name)
+    return (0 if normalise(distribution) == OWN_DISTRIBUTION else 1, entry_point.name)
 
 
 def _provider(record: PluginRecord) -> str:

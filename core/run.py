@@ -230,7 +230,7 @@ def environment(registry: Registry, device: Any, place: Any) -> dict[str, Any]:
 
     import torch
 
-    from .registry import host_version
+    from .compatibility import host_version
 
     described = {
         "aigc-kit": host_version(), "python": platform.python_version(), "torch": torch.__version__,

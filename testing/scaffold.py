@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from aigc_kit.core.compatibility import host_version
 from aigc_kit.core.errors import UserError
-from aigc_kit.core.registry import host_version
 
 SCAFFOLD_KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
 """The kinds ``new-plugin`` has an example of."""
