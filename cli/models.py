@@ -103,7 +103,7 @@ def report(run_dir: Path, out: Path | None) -> None:
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               help="Where to write the package (default: ./NAME); must be new or empty.")
 @click.option("--kind", "kinds", multiple=True, default=("model",), show_default=True,
-              type=click.Choice(["model", "loss", "sampler", "dataset", "metric", "exporter"]),  # SCAFFOLD_KINDS
+              type=click.Choice(["model", "loss", "sampler", "dataset", "metric", "exporter", "callback"]),  # SCAFFOLD_KINDS
               help="A component kind to include a working example of (repeatable).")
 def new_plugin(name: str, directory: Path | None, kinds: tuple[str, ...]) -> None:
     """Write a pip-installable plugin package NAME: entry point, example components, README, tests."""

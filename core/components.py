@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import callbacks
 from .config import LoadedConfig, RunConfig
 from .errors import UserError, did_you_mean
 from .plugin_api import DatasetBundle, ModelBundle, accepts, is_stepwise
@@ -21,6 +22,8 @@ class Components:
     loss: Any
     sampler: Any
     metrics: dict[str, Any] = field(default_factory=dict)
+    callbacks: list[tuple[str, Any]] = field(default_factory=list)
+    """``(name, callback)``: the built-in ones the ``train`` section asks for, then the config's ``callbacks``."""
 
 
 
@@ -45,7 +48,22 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
         section.name: registry.build("metric", section.name, options, field=f"train.eval.metrics[{index}]", data=data)
         for index, (section, options) in enumerate(zip(config.train.eval.metrics, loaded.metric_options, strict=True))
     }
-    return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics)
+    return Components(data=data, model=model, loss=loss, sampler=sampler, metrics=metrics,
+                      callbacks=build_callbacks(loaded, registry, bool(metrics)))
+
+
+def build_callbacks(loaded: LoadedConfig, registry: Registry, metrics: bool) -> list[tuple[str, Any]]:
+    """The run's callbacks: the built-in ones its ``train`` section asks for, then its ``callbacks`` list in order.
+
+    A built-in callback the list names too is built once, where the list puts it.
+    """
+    config = loaded.config
+    listed = [section.name for section in config.callbacks]
+    built = [(name, registry.build("callback", name, registry.options("callback", name), field="train"))
+             for name in callbacks.standard(config.train, metrics) if name not in listed]
+    for index, (section, options) in enumerate(zip(config.callbacks, loaded.callback_options, strict=True)):
+        built.append((section.name, registry.build("callback", section.name, options, field=f"callbacks[{index}]")))
+    return built
 
 
 def with_shared_options(loaded: LoadedConfig, registry: Registry, section: str, shared: dict[str, Any]) -> Any:

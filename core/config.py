@@ -1,7 +1,7 @@
 """The run configuration: a YAML file, read with a bounded ``yaml.SafeLoader`` and validated by pydantic.
 
 A run config has the sections ``plugins``, ``seed``, ``device``, ``data``,
-``model``, ``loss``, ``sampler``, ``train``, ``output`` and ``export``.
+``model``, ``loss``, ``sampler``, ``train``, ``output``, ``export`` and ``callbacks``.
 The component sections (``data``, ``model``, ``loss``, ``sampler``) hold a
 ``name`` and that component's own options, which are checked against the
 options model of the plugin that offers it. Unknown keys are errors
@@ -195,6 +195,10 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="The run directory.")
     export: ExportSection | None = Field(None, description="Export at the end of the run (omit for none).")
+    callbacks: list[ComponentSection] = Field(
+        default_factory=list, description="Callbacks by name, each with its options, called on the run's events "
+        "after the built-in ones, e.g. [{name: mlflow, experiment: shapes}] (docs/hooks.md)."
+    )
 
     @field_validator("device")
     @classmethod
@@ -214,6 +218,8 @@ class LoadedConfig:
     """Validated options per component section (``data``, ``model``, ``loss``, ``sampler``, ``export``)."""
     metric_options: list[Options]
     """Validated options of each metric in ``train.eval.metrics``."""
+    callback_options: list[Options] = field(default_factory=list)
+    """Validated options of each entry of ``callbacks``."""
     plugin_references: list[str] = field(default_factory=list)
     """``plugins``, with files as absolute paths (taken when the config was read: a plugin may change directory)."""
 
@@ -226,6 +232,8 @@ class LoadedConfig:
             data[section].update(options.model_dump(mode="json"))
         for metric, options in zip(data["train"]["eval"]["metrics"], self.metric_options, strict=True):
             metric.update(options.model_dump(mode="json"))
+        for callback, options in zip(data["callbacks"], self.callback_options, strict=True):
+            callback.update(options.model_dump(mode="json"))
         return data
 
 
@@ -329,23 +337,34 @@ def parse_config(
         part = getattr(config, section)
         name, name_key = (part.format, "format") if section == "export" else (part.name, "name")
         options[section] = _component_options(registry, kind, name, part.plugin_options(), section, name_key, file)
-    metric_options = []
-    seen: set[str] = set()
-    for index, metric in enumerate(config.train.eval.metrics):
-        field = f"train.eval.metrics[{index}]"
-        if metric.name in seen:
-            raise UserError(f"the metric {metric.name!r} is listed twice", field=f"{field}.name", file=file,
-                            hint="each metric's values are logged under its name: list it once")
-        seen.add(metric.name)
-        metric_options.append(_component_options(registry, "metric", metric.name, metric.plugin_options(), field,
-                                                 "name", file))
+    metric_options = _listed_options(registry, "metric", config.train.eval.metrics, "train.eval.metrics", file,
+                                     "each metric's values are logged under its name: list it once")
+    callback_options = _listed_options(registry, "callback", config.callbacks, "callbacks", file,
+                                       "a callback runs once per event: list it once")
+    seen = {metric.name for metric in config.train.eval.metrics}
     best = config.train.eval.best
     if best is not None and best.partition("/")[0] not in seen:
         raise UserError("train.eval.best names a value of a metric that is not evaluated", field="train.eval.best",
                         file=file, given=best, expected="METRIC/VALUE of a metric in train.eval.metrics, e.g. fid/fid",
                         hint="add the metric to train.eval.metrics" if seen else "list metrics in train.eval.metrics")
     return LoadedConfig(config=config, source=Path(source) if source is not None else None, options=options,
-                        metric_options=metric_options, plugin_references=plugin_references)
+                        metric_options=metric_options, callback_options=callback_options,
+                        plugin_references=plugin_references)
+
+
+def _listed_options(registry: Registry, kind: str, sections: list[ComponentSection], field: str,
+                    file: str | None, once: str) -> list[Options]:
+    """Validate each listed component's options (``train.eval.metrics``, ``callbacks``), each name once."""
+    validated = []
+    seen: set[str] = set()
+    for index, section in enumerate(sections):
+        where = f"{field}[{index}]"
+        if section.name in seen:
+            raise UserError(f"the {kind} {section.name!r} is listed twice", field=f"{where}.name", file=file, hint=once)
+        seen.add(section.name)
+        validated.append(_component_options(registry, kind, section.name, section.plugin_options(), where, "name",
+                                            file))
+    return validated
 
 
 def _component_options(registry: Registry, kind: str, name: str, values: dict[str, Any], field: str,

@@ -176,6 +176,13 @@ def largest(number: int) -> int:
     return int(value.item())
 
 
+def largest_of_each(numbers: list[int]) -> list[int]:
+    """Each of ``numbers``' largest value over the processes, in one exchange."""
+    value = torch.tensor(numbers)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group)
+    return [int(number) for number in value.tolist()]
+
+
 def smallest(number: int) -> int:
     """The smallest ``number`` over the processes."""
     value = torch.tensor([number])

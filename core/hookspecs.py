@@ -146,6 +146,25 @@ def aigc_register_exporters() -> list[ComponentSpec]:
     """
 
 
+@hookspec
+def aigc_register_callbacks() -> list[ComponentSpec]:
+    """Offer callback components: side work on a run's events.
+
+    Called once when the registry loads the plugin, with no arguments.
+    Return specs whose factory is ``factory(options)`` and returns an object
+    with one or more of the event methods :data:`aigc_kit.core.callbacks.EVENTS`
+    (``on_start(run)``, ``on_log(run, step, logs)``, ...); a run config lists
+    callbacks under ``callbacks:`` (docs/hooks.md gives the events' order).
+
+    Example::
+
+        @hookimpl
+        def aigc_register_callbacks():
+            return [ComponentSpec("early-stopping", EarlyStopping, "Stop when a metric stops improving.",
+                                  EarlyStoppingOptions)]
+    """
+
+
 HOOK_FOR_KIND = {
     "model": "aigc_register_models",
     "loss": "aigc_register_losses",
@@ -153,5 +172,6 @@ HOOK_FOR_KIND = {
     "dataset": "aigc_register_datasets",
     "metric": "aigc_register_metrics",
     "exporter": "aigc_register_exporters",
+    "callback": "aigc_register_callbacks",
 }
 """The hook through which each component kind is registered."""

@@ -1,4 +1,4 @@
-"""The training loop: phases, optimizers, precision, EMA, sample pictures, metrics and checkpoints.
+"""The training loop: phases, optimizers, precision, EMA, checkpoints, resume and signals; side work to callbacks.
 
 The loop knows components, not model families: a loss declares its phases
 (a GAN's ``discriminator`` phase repeated n times, then its ``generator``
@@ -13,18 +13,20 @@ loop keeps one optimizer per phase over the networks that phase trains::
                     optimizers[phase.name].backward(loss_value / train.accumulate)
                 optimizers[phase.name].step()   # averaged over processes, clipped, checked finite
         ema.update(sampling network)
-        at intervals: metrics.jsonl, sample picture, checkpoint
+        at log steps: callbacks.on_log(step, mean logs)
+        callbacks.on_step(step)        # the built-in ones: progress, sample pictures, evaluation
+        at intervals: checkpoint, then callbacks.on_checkpoint(step, path)
+
+Everything else a run writes (metrics.jsonl, TensorBoard, sample pictures,
+evaluations, the best checkpoint, trackers) is a callback: :mod:`.callbacks`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,19 +34,21 @@ from typing import Any
 import torch
 
 from . import checkpoint as checkpoints
-from . import conditions, distributed
+from . import distributed
+from .callbacks import Callbacks, Due, Run
 from .components import Components, check_components
 from .config import RunConfig, fingerprint
 from .data import Batch, BatchStream
-from .device import SEED_STRIDE, autocast, eval_mode, make_grad_scaler, resolve_precision, seed_everything
+from .device import SEED_STRIDE, autocast, make_grad_scaler, resolve_precision, seed_everything
 from .ema import EMA
 from .errors import TrainingError, UserError
-from .evaluation import evaluate as evaluate_metrics
 from .interrupt import stop_signals
 from .optimizers import PhaseOptimizer, merge_optimizer
-from .pictures import save_grid, save_scatter
 from .plugin_api import Phase, accepts
 from .tallies import Averages, FiniteWatch
+
+TIMING = ("steps_per_second", "seconds")
+"""The keys of the logs that time the run rather than measure the model."""
 
 
 class Interrupted(Exception):
@@ -65,8 +69,13 @@ class TrainResult:
     last_logs: dict[str, float] = field(default_factory=dict)
     last_eval: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    """Training time, from the first step to the last (the export and the callbacks' end not counted)."""
     resumed_from: int = 0
     """The checkpoint's step when the run was resumed (0 for a fresh run)."""
+    stop_reason: str | None = None
+    """Why a callback ended the run early (None when it ran to ``train.steps``)."""
+    export: Any = None
+    """The export's report, when the run exported."""
 
 
 class Trainer:
@@ -74,7 +83,7 @@ class Trainer:
 
     def __init__(self, components: Components, config: RunConfig, resolved_config: dict[str, Any],
                  run_dir: Path, device: torch.device,
-                 place: distributed.ProcessPlace | None = None) -> None:
+                 place: distributed.ProcessPlace | None = None, environment: dict[str, Any] | None = None) -> None:
         self.components = components
         self.config = config
         self.train = config.train
@@ -117,112 +126,100 @@ class Trainer:
         elif self.train.compile:  # in place, after the EMA copy: parameter names (and checkpoints) stay the same
             for network in self.networks.values():
                 network.compile()
-        noise_generator = torch.Generator().manual_seed(config.seed + 1)
-        fixed, count, self.grid_columns = conditions.by_class(self.bundle.conditions, self.train.sample_count)
-        self.fixed_conditions = {name: value.to(device) for name, value in fixed.items()}  # one row per class
-        self.fixed_noise = components.sampler.noise(
-            count, tuple(self.bundle.noise_shape), generator=noise_generator
-        ).to(device)
-        self.metrics_path = run_dir / "metrics.jsonl"
         self.config_fingerprint = fingerprint(resolved_config)
         self._averages = Averages()
         self._watch = FiniteWatch(self.train.nonfinite)
         self._loss_takes = {name: accepts(components.loss.compute, name) for name in ("conditions", "sampler")}
         self.skipped_steps = 0
-        self.best_value: float | None = None  # of train.eval.best, over this run's evaluations
-        self.tensorboard: Any = None  # a SummaryWriter while fit() runs, with train.tensorboard
-        if self.train.tensorboard:
-            _summary_writer_class()  # fail now, not after the first steps, when the package is missing
+        self.callbacks = Callbacks(components.callbacks)
+        self.run = Run(config=resolved_config, train=self.train, components=components, run_dir=run_dir,
+                       device=device, place=place, environment=environment or {}, trainer=self,
+                       callbacks=self.callbacks)
+        self._started = self._interval_start = 0.0
 
     # -- the loop ------------------------------------------------------------
 
-    def fit(self, resume: checkpoints.Checkpoint | None = None) -> TrainResult:
-        """Train up to ``train.steps``, writing metrics, samples and checkpoints at their intervals.
+    def fit(self, resume: checkpoints.Checkpoint | None = None,
+            export: Callable[[Path], tuple[Path, Any]] | None = None) -> TrainResult:
+        """Train up to ``train.steps``, telling the callbacks of each event; checkpoints at their intervals.
 
         With ``resume``, first restore everything the checkpoint holds and continue
         after its step exactly as if the run had not stopped. SIGINT or SIGTERM
         finish the current step, write a checkpoint and raise :class:`Interrupted`.
+        ``export(checkpoint)``, called in process 0 when the run ends without an
+        interrupt, writes the run's export and returns ``(path, report)``.
         """
-        train = self.train
         start, position = self.restore(resume) if resume is not None else (0, None)
         batches = self._batches(position)
         result = TrainResult(steps=start, checkpoint=resume.path if resume is not None else None, resumed_from=start)
-        averages = self._averages
-        started = interval_start = time.perf_counter()
-        progress = _progress(train.steps, enabled=train.progress, initial=start)
-        if train.tensorboard and self.place.is_main:
-            self.tensorboard = _summary_writer_class()(str(self.run_dir / "tensorboard"))
+        run, callbacks = self.run, self.callbacks
+        run.step = run.resumed_from = start
+        self._started = self._interval_start = time.perf_counter()
+        outcome = "failed"
         try:
+            callbacks.emit("on_start", run)
             with stop_signals() as stop:
-                for step in range(start + 1, train.steps + 1):
-                    self._step(step, batches, averages)
-                    progress.update(1)
-                    result.steps = step
-                    stopping = stop.signal
-                    if self.place.enabled:  # every process stops after the same step
-                        stopping = distributed.largest(stopping)
-                    main = self.place.is_main
-                    last = step == train.steps
-                    log_due = step % train.log_every == 0 or last
-                    eval_due = bool(train.eval_every and self.components.metrics and (
-                        step % train.eval_every == 0 or last))
-                    sample_due = step % train.sample_every == 0 or last
-                    checkpoint_due = step % train.checkpoint_every == 0 or last or bool(stopping)
-                    if log_due or eval_due or sample_due or checkpoint_due:
+                for step in range(start + 1, self.train.steps + 1):
+                    self._step(step, batches, self._averages)
+                    run.step = result.steps = step
+                    run.due = self._due(step)
+                    if run.due.any():
                         self._settle()  # the device's pending finite checks and counts, read once here
-                    if log_due:
-                        now = time.perf_counter()
-                        steps_done = (step - 1) % train.log_every + 1
-                        logs = averages.pop()
-                        if self.place.enabled:
-                            logs = distributed.mean_over_processes(logs)
-                        self._log(step, logs, steps_per_second=steps_done / max(now - interval_start, 1e-9),
-                                  seconds=now - started)
-                        progress.set_postfix({k.removesuffix("/loss"): f"{v:.3f}" for k, v in logs.items()
-                                              if k.endswith("/loss")}, refresh=False)
-                        result.last_logs = logs
-                        interval_start = now
-                    improved = 0
-                    if main and eval_due:
-                        result.last_eval = self.evaluate(step)
-                        improved = int(self._improves_best(result.last_eval))
-                    if self.place.enabled and eval_due:
-                        # the other processes wait here (within train.process_timeout) while process 0 evaluates
-                        improved = distributed.largest(improved)
-                    if main and sample_due:
-                        result.samples.append(self.write_samples(step))
-                    if checkpoint_due or improved:
+                    if run.due.log:
+                        logs = self._logs(step)
+                        callbacks.emit("on_log", run, step, logs)
+                        result.last_logs = {key: value for key, value in logs.items() if key not in TIMING}
+                    callbacks.emit("on_step", run, step)
+                    signal, stop_asked = stop.signal, int(run.stop_reason is not None)
+                    if self.place.enabled:  # every process stops after the same step
+                        signal, stop_asked = distributed.largest_of_each([signal, stop_asked])
+                    if run.due.checkpoint or run.checkpoint_requested or signal or stop_asked:
+                        if not run.due.any():
+                            self._settle()
+                        run.checkpoint_requested = False
                         result.checkpoint = self.write_checkpoint(step, batches.position())
-                        if improved and main:
-                            checkpoints.mark_best(self.run_dir / "checkpoints", result.checkpoint)
-                    if stopping:
-                        raise Interrupted(stopping, step, result.checkpoint)
+                        callbacks.emit("on_checkpoint", run, step, result.checkpoint)
+                    if signal:
+                        outcome = "interrupted"
+                        callbacks.emit("on_interrupt", run, step, signal)
+                        raise Interrupted(signal, step, result.checkpoint)
+                    if stop_asked:
+                        break
+            result.seconds = time.perf_counter() - self._started
+            if export is not None and self.place.is_main:
+                path, result.export = export(result.checkpoint)
+                callbacks.emit("on_export", run, path, result.export)
+            outcome = "stopped" if run.stop_reason is not None else "finished"
         finally:
-            progress.close()
+            callbacks.end(run, outcome)
             batches.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-                self.tensorboard = None
             for network in self.networks.values():
                 network.requires_grad_(True)
-        result.seconds = time.perf_counter() - started
+        result.samples, result.last_eval, result.stop_reason = list(run.samples), dict(run.last_eval), run.stop_reason
         return result
 
-    def _improves_best(self, values: dict[str, float]) -> bool:
-        """Whether ``values`` beat the best ``train.eval.best`` so far (and remember it if so)."""
-        key = self.train.eval.best
-        if key is None:
-            return False
-        if key not in values:
-            raise UserError(f"the evaluation logged no {key!r}", field="train.eval.best", given=key,
-                            expected=", ".join(sorted(values)))
-        value = values[key]
-        better = self.best_value is None or (value < self.best_value if self.train.eval.best_mode == "min"
-                                             else value > self.best_value)
-        if better and math.isfinite(value):
-            self.best_value = value
-            return True
-        return False
+    def _due(self, step: int) -> Due:
+        """What the ``train`` section schedules after ``step`` (everything at the last one)."""
+        train = self.train
+        last = step == train.steps
+        return Due(log=step % train.log_every == 0 or last,
+                   samples=step % train.sample_every == 0 or last,
+                   evaluate=bool(train.eval_every and self.components.metrics and (step % train.eval_every == 0 or last)),
+                   checkpoint=step % train.checkpoint_every == 0 or last)
+
+    def _logs(self, step: int) -> dict[str, float]:
+        """The interval's mean losses and logs (over every process), its speed and the time since the start."""
+        now = time.perf_counter()
+        logs = self._averages.pop()
+        if self.place.enabled:
+            logs = distributed.mean_over_processes(logs)
+        steps_done = (step - 1) % self.train.log_every + 1
+        logs["steps_per_second"] = steps_done / max(now - self._interval_start, 1e-9)
+        logs["seconds"] = now - self._started
+        if self.skipped_steps:
+            logs["skipped_updates"] = self.skipped_steps
+        self._interval_start = now
+        return logs
 
     def restore(self, checkpoint: checkpoints.Checkpoint) -> tuple[int, dict[str, int] | None]:
         """Load a checkpoint's weights, EMA, optimizers, schedules, scalers, RNG and log window.
@@ -249,9 +246,8 @@ class Trainer:
         self._restore_rng(state, checkpoint.step)
         self._averages.load(state.get("log_window", {}))
         self.skipped_steps = int(state.get("skipped_steps", 0))
-        best = state.get("best") or {}  # kept only for the same metric and direction (train.eval may change)
-        same = (best.get("key"), best.get("mode")) == (self.train.eval.best, self.train.eval.best_mode)
-        self.best_value = best.get("value") if same else None
+        # Before callbacks kept state, a checkpoint held the best value of train.eval.best as "best"
+        self.callbacks.load_states(state.get("callbacks") or {"best-checkpoint": state.get("best") or {}})
         return checkpoint.step, state.get("data")
 
     def _batches(self, position: dict[str, int] | None) -> BatchStream:
@@ -359,47 +355,6 @@ class Trainer:
         """The network samples and exports use: the EMA copy when there is one."""
         return self.ema.averaged if self.ema is not None else self.networks[self.bundle.sampling_network]
 
-    @torch.no_grad()
-    def write_samples(self, step: int) -> Path:
-        network = self.sampling_network()
-        # A fresh generator each time: a stochastic sampler (DDIM with eta > 0) draws the same step noise for
-        # every grid, so grids stay comparable, and training's random stream is left alone.
-        generator = torch.Generator().manual_seed(self.config.seed + 3)
-        with eval_mode(network):
-            samples = conditions.sample(self.components.sampler, network, self.fixed_noise, self.fixed_conditions,
-                                        generator=generator)
-        info = self.components.data.info
-        path = self.run_dir / "samples" / f"step-{step:06d}.png"
-        if info.preview == "scatter":
-            save_scatter(samples, path, info.value_range, landmarks=info.landmarks)
-        else:
-            save_grid(samples, path, info.value_range, columns=self.grid_columns or None)
-        if self.tensorboard is not None:
-            import numpy as np
-            from PIL import Image
-
-            with Image.open(path) as picture:
-                self.tensorboard.add_image("samples", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
-        return path
-
-    @torch.no_grad()
-    def evaluate(self, step: int, batch_size: int = 500) -> dict[str, float]:
-        """Run every metric on ``train.eval.samples`` samples from fixed noise; log and return the values."""
-        network = self.sampling_network()
-        generator = torch.Generator().manual_seed(self.config.seed + 2)
-
-        def draw(count: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            noise = self.components.sampler.noise(count, tuple(self.bundle.noise_shape), generator=generator)
-            drawn = conditions.draw(self.bundle.conditions, count, generator, self.device)
-            samples = conditions.sample(self.components.sampler, network, noise.to(self.device), drawn,
-                                        generator=generator)
-            return samples.float(), drawn
-
-        with eval_mode(network):
-            values = evaluate_metrics(self.components.metrics, draw, self.train.eval.samples, batch_size)
-        self._log(step, values)
-        return values
-
     def write_checkpoint(self, step: int, data_position: dict[str, int] | None = None) -> Path:
         """Write the checkpoint of ``step`` (process 0 writes; every process must call this)."""
         rng = checkpoints.rng_state()
@@ -412,7 +367,7 @@ class Trainer:
             "data": data_position or {"epoch": 0, "consumed": 0},
             "log_window": self._averages.state(),
             "skipped_steps": self.skipped_steps,
-            "best": {"key": self.train.eval.best, "mode": self.train.eval.best_mode, "value": self.best_value},
+            "callbacks": self.callbacks.states(),
             "optimizers": {name: opt.optimizer.state_dict() for name, opt in self.optimizers.items()},
             "schedules": {name: opt.schedule.state_dict() for name, opt in self.optimizers.items()},
             "scalers": {name: opt.scaler.state_dict() for name, opt in self.optimizers.items()
@@ -425,41 +380,3 @@ class Trainer:
             self.run_dir / "checkpoints", step, self.networks, ema, state, self.resolved_config,
             keep=self.train.keep_checkpoints,
         )
-
-    def _log(self, step: int, logs: dict[str, float], **extra: float) -> None:
-        if not self.place.is_main:
-            return
-        record = {"step": step, **{k: round(v, 6) if math.isfinite(v) else v for k, v in logs.items()},
-                  **{k: round(v, 4) for k, v in extra.items()}}
-        if self.skipped_steps:
-            record["skipped_updates"] = self.skipped_steps
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step":
-                    self.tensorboard.add_scalar(key, value, step)
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def _summary_writer_class() -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("TensorBoard logging needs the tensorboard package", field="train.tensorboard",
-                        hint="pip install 'aigc-kit[tensorboard]', or set train.tensorboard=false") from None
-    return SummaryWriter
-
-
-class _NoProgress:
-    def update(self, n: int) -> None: ...
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, enabled: bool, initial: int = 0) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=1.0,
-                disable=None if not sys.stderr.isatty() else False)

@@ -43,7 +43,7 @@ HOOK_API_VERSION = "1.0"
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 """Marks a plugin function as the implementation of the hook of the same name."""
 
-KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
+KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter", "callback")
 """The component kinds, each registered through its own hook."""
 
 

@@ -112,7 +112,14 @@ def hook_reference() -> str:
                   f"def {name}{signature}:", "```", "", _plain(prose.strip()), ""]
         if example.strip():
             lines += ["Example:", "", "```python", textwrap.dedent(example).strip(), "```", ""]
+    from . import callbacks
+
+    events = inspect.cleandoc(callbacks.__doc__ or "").partition("\n\n")[2].replace(TORCH_FREE, "")
+    lines += ["## Callback events", "", _plain(events.strip()), ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+TORCH_FREE = "This module does not import torch."
 
 
 def _plain(text: str) -> str:

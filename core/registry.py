@@ -51,6 +51,7 @@ import pluggy
 from pydantic import ValidationError
 
 from . import hookspecs
+from .callbacks import EVENTS
 from .compatibility import (
     OWN_DISTRIBUTION,
     IncompatiblePlugin,
@@ -513,6 +514,7 @@ _BUILT: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sampler": (_has("noise", "sample"), "a sampler (noise and sample)"),
     "metric": (_has("update", "compute"), "a metric (update and compute)"),
     "exporter": (_has("export"), "an exporter (export)"),
+    "callback": (lambda built: any(hasattr(built, event) for event in EVENTS), "a callback (one or more on_* events)"),
 }
 """What a factory of each kind must return: a check, and its name for the message."""
 

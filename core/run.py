@@ -70,7 +70,7 @@ RESUMABLE_CHANGES = (
     "device", "output", "export", "train.precision", "train.process_timeout", "train.steps", "train.log_every",
     "train.sample_every", "train.sample_count",
     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval", "train.progress",
-    "train.data_workers", "train.nonfinite", "train.tensorboard",
+    "train.data_workers", "train.nonfinite", "train.tensorboard", "callbacks",
 )
 """Config fields a resumed run may change: they do not alter what the steps so far computed."""
 
@@ -165,7 +165,9 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         if checkpoint.step >= config.train.steps:
             raise UserError(f"the run already reached step {checkpoint.step}", field="train.steps",
                             given=config.train.steps, hint="raise train.steps to train further")
-    trainer = Trainer(components, config, resolved, run_dir, device, place)  # checks; writes nothing
+    described = environment(registry, device, place)
+    described["precision"] = precision.as_dict()
+    trainer = Trainer(components, config, resolved, run_dir, device, place, described)  # checks; writes nothing
     if place.rank:  # each process draws its own noise from here on
         seed_everything(config.seed + SEED_STRIDE * place.rank)
     if place.is_main:
@@ -174,8 +176,6 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         else:
             rundir.clear_run(run_dir, export_file)  # an empty folder, or overwrite, or a resume with nothing yet
         write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        described = environment(registry, device, place)
-        described["precision"] = precision.as_dict()
         write_text(run_dir / "environment.json", json.dumps(described, indent=2))
         steps = f"steps {checkpoint.step + 1}-{config.train.steps}" if checkpoint is not None else \
             f"{config.train.steps} steps"
@@ -183,19 +183,22 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         if opening:
             say(opening)
         say(f"training {steps} on {device}{processes_note}; precision {precision.describe()}")
+
+    def export_run(trained: Path) -> tuple[Path, Any]:
+        # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,
+        # whatever device and precision the run trained in.
+        out = run_dir / export_file
+        with disk_full_is_a_user_error(run_dir, f"free some space, then aigc-kit export {run_dir} --out FILE"):
+            return out, export(trained, registry, format=config.export.format, out=out,
+                               options=config.export.plugin_options())
+
     full_disk = f"the last complete checkpoint is intact: free some space, then aigc-kit resume {run_dir}"
     try:
         with disk_full_is_a_user_error(run_dir, full_disk):
-            result = trainer.fit(resume=checkpoint)
+            result = trainer.fit(resume=checkpoint, export=export_run if export_file is not None else None)
     finally:
         distributed.shutdown(place)
-    report = None
-    if export_file is not None and place.is_main:
-        # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,
-        # whatever device and precision the run trained in.
-        with disk_full_is_a_user_error(run_dir, f"free some space, then aigc-kit export {run_dir} --out FILE"):
-            report = export(result.checkpoint, registry, format=config.export.format, out=run_dir / export_file,
-                            options=config.export.plugin_options())
+    report = result.export
     return RunOutcome(run_dir=run_dir, train=result, export=report)
 
 

@@ -33,6 +33,8 @@ _OWN = {  # folder inside the run directory -> the names a run (or aigc-kit eval
     "tensorboard": [r"events\.out\.tfevents\..+"],
     "report": [r"report\.html", r"(losses|speed|metrics)\.png", _TEMPORARY],
 }
+_WHOLE = {"trackers"}
+"""Folders inside the run directory that belong to the run whole: the trackers' local files (docs/hooks.md)."""
 _CHECKPOINT_FILES = [r"weights\.safetensors", r"state\.pt", r"config\.yaml"]
 
 
@@ -49,6 +51,8 @@ def foreign_files(run_dir: Path, export_file: str | None = None) -> list[Path]:
     for entry in sorted(run_dir.iterdir()):
         if entry.is_symlink():
             foreign.append(entry)
+        elif entry.is_dir() and entry.name in _WHOLE:
+            continue
         elif entry.is_dir() and entry.name in _OWN and entry.name:
             foreign += _foreign_in(entry, _OWN[entry.name])
         elif entry.is_dir() and entry.name == export_folder:

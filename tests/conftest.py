@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = {
     "diffusion": "aigc_kit.plugins.diffusion",
     "metrics": "aigc_kit.plugins.metrics",
     "onnx": "aigc_kit.exporters.onnx",
+    "callbacks": "aigc_kit.plugins.callbacks",
 }
 
 

@@ -211,8 +211,10 @@ def test_sample_grids_of_a_stochastic_sampler_repeat_and_leave_trainings_random_
     loaded = parse_config(tiny_unet_config(sampler={"name": "ddim", "steps": 3, "eta": 1.0}), builtin_registry)
     trainer = Trainer(build_components(loaded, builtin_registry), loaded.config, loaded.resolved(), tmp_path,
                       torch.device("cpu"))
+    grid = dict(trainer.callbacks.named)["sample-grid"]
+    grid.on_start(trainer.run)
     torch.manual_seed(5)
     state = torch.get_rng_state()
-    first, second = trainer.write_samples(1), trainer.write_samples(2)
+    first, second = grid.write(trainer.run, 1), grid.write(trainer.run, 2)
     assert torch.equal(torch.get_rng_state(), state)
     assert first.read_bytes() == second.read_bytes()

@@ -191,7 +191,7 @@ def test_a_resumed_run_keeps_comparing_with_the_best_before_it_stopped(write_con
     best_step = max(values, key=values.get)
     assert (run_dir / "checkpoints" / "best").read_text().strip() == f"step-{best_step:06d}"
     state = torch_.load(run_dir / "checkpoints" / "step-000016" / "state.pt", weights_only=True)
-    assert state["best"] == {"key": "fid/fid", "mode": "max", "value": pytest.approx(max(values.values()), rel=1e-5)}
+    assert state["callbacks"]["best-checkpoint"] == {"key": "fid/fid", "mode": "max", "value": pytest.approx(max(values.values()), rel=1e-5)}
 
 
 def test_evaluate_feeds_every_metric_in_batches_and_reports_progress():
