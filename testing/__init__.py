@@ -38,7 +38,9 @@ from typing import Any
 from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, ExportRequest, ModelBundle, accepts
 from aigc_kit.core.registry import Registry
 
-__all__ = ["check_dataset", "check_exporter", "check_loss", "check_metric", "check_model", "check_sampler",
+from .callbacks import check_callback
+
+__all__ = ["check_callback", "check_dataset", "check_exporter", "check_loss", "check_metric", "check_model", "check_sampler",
            "isolated_registry"]
 
 Classes = int | tuple[str, ...] | list[str] | None

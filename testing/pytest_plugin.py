@@ -37,6 +37,11 @@ class Kit:
 
         return testing.check_exporter(registry, name, self.folder, **options)
 
+    def check_callback(self, registry: Any, name: str, **options: Any) -> list[tuple[str, int]]:
+        from aigc_kit import testing
+
+        return testing.check_callback(registry, name, self.folder, **options)
+
 
 @pytest.fixture
 def aigc_kit(tmp_path: Path) -> Kit:

@@ -25,7 +25,7 @@ import yaml
 from aigc_kit.core.compatibility import host_version
 from aigc_kit.core.errors import UserError
 
-SCAFFOLD_KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter")
+SCAFFOLD_KINDS = ("model", "loss", "sampler", "dataset", "metric", "exporter", "callback")
 """The kinds ``new-plugin`` has an example of."""
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -33,7 +33,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 # Component names per kind ($short is the plugin's short name).
 _COMPONENT = {"model": "$short", "loss": "$short-ragan", "sampler": "$short-sphere", "dataset": "$short-stripes",
-              "metric": "$short-brightness", "exporter": "$short-pt2"}
+              "metric": "$short-brightness", "exporter": "$short-pt2", "callback": "$short-early-stopping"}
 # What each kind's torch code imports, merged into one import block.
 _IMPORTS = {
     "model": {"torch": [], "torch.nn": ["nn"], "aigc_kit.core.errors": ["UserError"],
@@ -44,6 +44,7 @@ _IMPORTS = {
     "dataset": {"math": [], "torch": [], "aigc_kit.core.plugin_api": ["DatasetBundle", "DatasetInfo"]},
     "metric": {"torch": [], "aigc_kit.core.errors": ["UserError"]},
     "exporter": {"pathlib": ["Path"], "torch": [], "torch.nn": ["nn"], "aigc_kit.core.errors": ["ValidationFailed"]},
+    "callback": {"warnings": []},
 }
 # How each kind's conformance test calls the kit (small networks keep the tests at seconds).
 _CHECKS = {
@@ -60,6 +61,8 @@ _CHECKS = {
               '    aigc_kit.check_metric(registry, "{name}", data_options={{"resolution": 16, "size": 64, '
               '"labels": True}})',
     "exporter": 'aigc_kit.check_exporter(registry, "{name}", filename="model.pt2", model_options={{"width": 8}})',
+    "callback": 'events = aigc_kit.check_callback(registry, "{name}", options={{"monitor": "fid/fid", "patience": 1}})\n'
+                '    assert ("on_evaluate", 2) in events',
 }
 
 
@@ -87,7 +90,7 @@ def new_plugin(name: str, directory: str | Path | None = None, kinds: tuple[str,
     words = {"distribution": name, "module": module, "short": short,
              "Short": "".join(part.capitalize() for part in short.split("-")),
              "kinds": ", ".join(kinds), "host_version": _minor(host_version()),
-             "typing_import": "from typing import Literal\n\n" if "model" in kinds else ""}
+             "typing_import": "from typing import Literal\n\n" if {"model", "callback"} & set(kinds) else ""}
     names = {kind: Template(_COMPONENT[kind]).substitute(words) for kind in kinds}
     words["component_list"] = ", ".join(f"{kind} `{names[kind]}`" for kind in kinds)
 
@@ -161,6 +164,11 @@ def _example_config(names: dict[str, str], words: dict[str, str]) -> str:
     }
     if "metric" in names:
         config["train"].update(eval_every=100, eval={"samples": 256, "metrics": [{"name": names["metric"]}]})
+    if "callback" in names:
+        if "metric" not in names:
+            config["train"].update(eval_every=50, eval={"samples": 256, "metrics": [{"name": "fid",
+                                                                                      "real_samples": 512}]})
+        config["callbacks"] = [{"name": names["callback"], "monitor": "fid/fid", "patience": 2}]
     header = (f"# A short run with {words['distribution']}'s components: aigc-kit run example.yaml\n"
               "# (the package must be installed, so that aigc-kit finds its entry point).\n")
     if "exporter" in names:

@@ -80,7 +80,7 @@ def test_each_kind_alone_makes_a_package_whose_component_passes_the_kit(kind, tm
         registry = testing.isolated_registry(plugin)
         component = {"model": f"only-{kind}", "loss": "only-loss-ragan", "sampler": "only-sampler-sphere",
                      "dataset": "only-dataset-stripes", "metric": "only-metric-brightness",
-                     "exporter": "only-exporter-pt2"}[kind]
+                     "exporter": "only-exporter-pt2", "callback": "only-callback-early-stopping"}[kind]
         assert registry.names(kind).count(component) == 1
         check = {
             "model": lambda: (testing.check_model(registry, component, resolutions=(16, 64), channels=(1, 3),
@@ -94,6 +94,8 @@ def test_each_kind_alone_makes_a_package_whose_component_passes_the_kit(kind, tm
             "dataset": lambda: testing.check_dataset(registry, component, options={"size": 4, "channels": 1}),
             "exporter": lambda: testing.check_exporter(registry, component, tmp_path, filename="m.pt2",
                                                        model_options={"width": 8}),
+            "callback": lambda: _stops_early(testing.check_callback(registry, component, tmp_path, options={
+                "monitor": "fid/fid", "mode": "max", "patience": 1}, steps=8)),
         }[kind]
         check()
         config = (package / "example.yaml").read_text()
@@ -102,6 +104,12 @@ def test_each_kind_alone_makes_a_package_whose_component_passes_the_kit(kind, tm
     finally:
         for loaded in [key for key in sys.modules if key.startswith(module_name)]:
             del sys.modules[loaded]
+
+
+def _stops_early(events: list[tuple[str, int]]) -> None:
+    """The example early-stopping callback, asked to keep a value that falls or stays, ends the run early."""
+    ends = [step for event, step in events if event == "on_end"]
+    assert ends and ends[0] < 8, events
 
 
 def _unused_imports(source: str) -> list[str]:
