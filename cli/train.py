@@ -131,6 +131,8 @@ def _report_training(outcome: Any) -> None:
     rate = trained / result.seconds if result.seconds else float("nan")
     resumed = f", resumed after step {result.resumed_from}" if result.resumed_from else ""
     click.echo(f"  trained {trained} steps in {result.seconds:.1f} s ({rate:.2f} steps/s{resumed})")
+    if result.stop_reason:
+        click.echo(f"  stopped early, after step {result.steps}: {result.stop_reason}")
     if result.samples:
         click.echo(f"  last samples: {result.samples[-1]}")
     if result.checkpoint:

@@ -184,6 +184,7 @@ class Trainer:
                         callbacks.emit("on_interrupt", run, step, signal)
                         raise Interrupted(signal, step, result.checkpoint)
                     if stop_asked:
+                        run.stop_reason = run.stop_reason or "a callback of another process asked to stop"
                         break
             result.seconds = time.perf_counter() - self._started
             if export is not None and self.place.is_main:

@@ -127,6 +127,7 @@ def test_a_callback_stops_the_run_with_a_checkpoint_and_an_export(recorder_confi
     run_dir = tmp_path / "run"
     result = invoke("run", write_config(recorder_config(stop_at=3)), "--output", run_dir)
     assert result.exit_code == 0, result.output
+    assert "stopped early, after step 3: enough" in result.output
     seen = events(run_dir)
     assert ("on_checkpoint", 3, 3, "step-000003") in seen and ("on_step", 4, 4) not in seen
     assert seen[-2:] == [("on_export", 3, "model.onnx"), ("on_end", 3, "stopped")]
@@ -243,11 +244,11 @@ class Blocked(Tracker):
 
     def _open(self, run, previous):
         self.opened = True
-        self.gate.wait()
+        self.gate.wait(20)  # a tracker that held training up would fail the test after this, not hang it
 
     def log_metrics(self, step, values, timestamp):
         self.calls += 1
-        self.gate.wait()
+        self.gate.wait(20)  # a tracker that held training up would fail the test after this, not hang it
 
     def log_picture(self, step, path): ...
     def log_export(self, path): ...

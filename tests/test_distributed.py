@@ -102,6 +102,23 @@ PLUGIN = textwrap.dedent('''
     @hookimpl
     def aigc_register_metrics():
         return [ComponentSpec("slow", lambda options, data=None: Slow(options), "Takes its time.", SlowOptions)]
+
+    class StopInProcessOne:
+        """Asks to stop after step 2 in process 1 only; each process notes what it heard."""
+        def _note(self, run, *event):
+            with open(run.run_dir / f"heard-{torch.distributed.get_rank()}.jsonl", "a") as handle:
+                handle.write(__import__("json").dumps([run.step, *event]) + "\\n")
+        def on_evaluate(self, run, step, values):
+            self._note(run, "on_evaluate", values)
+        def on_step(self, run, step):
+            if step == 2 and torch.distributed.get_rank() == 1:
+                run.request_stop("process 1 has seen enough")
+        def on_end(self, run, outcome):
+            self._note(run, "on_end", outcome)
+
+    @hookimpl
+    def aigc_register_callbacks():
+        return [ComponentSpec("stop-in-process-one", lambda options: StopInProcessOne(), "Stops early.")]
 ''')
 
 
@@ -291,6 +308,22 @@ def slow_evaluation_run(tmp_path, seconds: float, timeout: float):
                            eval={"samples": 8, "metrics": [{"name": "slow", "seconds": seconds}]})
     path.write_text(yaml.safe_dump(config))
     return torchrun("run", str(path), "--output", str(tmp_path / f"slow-{seconds}"))
+
+
+@pytest.mark.slow
+def test_a_stop_one_process_asks_for_stops_every_process_after_the_same_step(tmp_path):
+    config = yaml.safe_load(write_run(tmp_path, "stop", batch_size=8, batchnorm=False, sync=False, steps=6).read_text())
+    config["train"].update(eval_every=2, eval={"samples": 8, "metrics": [{"name": "slow", "seconds": 0.0}]},
+                           checkpoint_every=100)
+    config["callbacks"] = [{"name": "stop-in-process-one"}]
+    (tmp_path / "stop.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "stop-run"
+    done = torchrun("run", str(tmp_path / "stop.yaml"), "--output", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    for rank in (0, 1):  # process 0 evaluated; both heard the same values, and both stopped
+        heard = [json.loads(line) for line in (run_dir / f"heard-{rank}.jsonl").read_text().splitlines()]
+        assert heard == [[2, "on_evaluate", {"slow/value": 1.0}], [2, "on_end", "stopped"]]
 
 
 @pytest.mark.slow
