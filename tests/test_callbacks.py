@@ -312,3 +312,16 @@ def test_the_run_view_records_samples_and_evaluations_it_announces(tmp_path):
     run.emit("on_evaluate", 3, {"fid/fid": 1.0})
     assert run.samples == [tmp_path / "a.png"] and run.last_eval == {"fid/fid": 1.0}
     assert heard == [("samples", 3, tmp_path / "a.png"), ("evaluate", 3, {"fid/fid": 1.0})]
+
+
+@pytest.mark.parametrize(("tracker", "extra"), [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_tracker_without_its_package_is_a_user_error_before_training(write_config, tmp_path, monkeypatch,
+                                                                      tracker, extra):
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == tracker else found(name, *rest))
+    result = invoke("validate", write_config(tiny_config(callbacks=[{"name": tracker}])))
+    assert result.exit_code == 2
+    assert f"the {tracker} callback needs the {tracker} package" in result.output
+    assert f"pip install 'aigc-kit[{extra}]'" in result.output

@@ -11,6 +11,7 @@ its own (:class:`~.trackers.Worker`).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class MlflowTracker(Tracker):
 
         uri = self.tracking_uri(run)
         (run.run_dir / "trackers").mkdir(parents=True, exist_ok=True)
+        if uri.startswith("sqlite:"):  # a new store's table creation is not news on a training run's console
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         self.client = client = MlflowClient(tracking_uri=uri)
         if previous is not None and previous.tracking_uri == uri:
             self.run_id = previous.run_id
