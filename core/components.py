@@ -40,8 +40,10 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     with torch.device("meta") if model_on_meta else contextlib.nullcontext():
         model = registry.build("model", config.model.name, loaded.options["model"], field="model",
                                data_shape=data.info.shape, conditions=data.info.conditions)
-    for section in ("loss", "sampler"):
-        loaded.options[section] = with_shared_options(loaded, registry, section, model.shared_options)
+    for section in ("loss", "sampler"):  # each section names a component of its own kind
+        part = getattr(config, section)
+        loaded.options[section] = with_shared_options(registry, section, part.name, part.plugin_options(),
+                                                      model.shared_options, model=config.model.name, field=section)
     loss = registry.build("loss", config.loss.name, loaded.options["loss"], field="loss")
     sampler = registry.build("sampler", config.sampler.name, loaded.options["sampler"], field="sampler")
     metrics = {
@@ -66,31 +68,35 @@ def build_callbacks(loaded: LoadedConfig, registry: Registry, metrics: bool) -> 
     return built
 
 
-def with_shared_options(loaded: LoadedConfig, registry: Registry, section: str, shared: dict[str, Any]) -> Any:
-    """The section's options with the model's shared options filled in (see ``ModelBundle.shared_options``)."""
-    options = loaded.options[section]
+def with_shared_options(registry: Registry, kind: str, name: str, given: dict[str, Any], shared: dict[str, Any],
+                        *, model: str, field: str) -> Any:
+    """A loss's or sampler's options with the options its model fixes filled in (``ModelBundle.shared_options``).
+
+    A run and the conformance kit both build them this way: a component that
+    does not take an option the model fixes cannot be used with that model, and
+    a given value that differs from the model's is refused, naming ``field``.
+    """
+    options = registry.options(kind, name, given, field_prefix=field)
     if not shared:
         return options
-    part = getattr(loaded.config, section)  # "loss" and "sampler" name components of their own kind
     missing = [key for key in shared if key not in type(options).model_fields]
     if missing:
         raise UserError(
-            f"{section} {part.name!r} cannot be used with model {loaded.config.model.name!r}: the model fixes "
-            f"{', '.join(missing)}, which this {section} does not take",
-            field=f"{section}.name",
-            hint=f"pick a {section} made for this model (see `aigc-kit plugins`)",
+            f"{kind} {name!r} cannot be used with model {model!r}: the model fixes {', '.join(missing)}, which this "
+            f"{kind} does not take",
+            field=f"{field}.name",
+            hint=f"pick a {kind} made for this model (see `aigc-kit plugins`)",
         )
-    given = part.plugin_options()
     for key, value in shared.items():
         if key in given and getattr(options, key) != value:
             raise UserError(
                 "the model fixes this option for its loss and sampler, to a different value",
-                field=f"{section}.{key}",
+                field=f"{field}.{key}",
                 expected=value,
                 given=given[key],
                 hint="remove it here: the model's section sets it for both the loss and the sampler",
             )
-    return registry.options(section, part.name, {**given, **shared}, field_prefix=section)
+    return registry.options(kind, name, {**given, **shared}, field_prefix=field)
 
 
 def check_components(components: Components, config: RunConfig) -> None:

@@ -81,7 +81,7 @@ def check_model(registry: Registry, name: str, *, resolutions: Iterable[int | No
         where = f"model {name!r} at data shape {shape}"
         bundle = _model(registry, name, options, shape, classes)
         network = bundle.networks[bundle.sampling_network].eval()
-        chosen = _create(registry, "sampler", sampler, sampler_options, bundle.shared_options)
+        chosen = _create(registry, "sampler", sampler, sampler_options, bundle.shared_options, name)
         labels = _labels(bundle, batch)
         with torch.no_grad():
             noise = chosen.noise(batch, tuple(bundle.noise_shape), generator=torch.Generator().manual_seed(0))
@@ -118,10 +118,10 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
 
     torch.manual_seed(0)
     bundle = _model(registry, model, model_options, data_shape, classes)
-    loss = _create(registry, "loss", name, options, bundle.shared_options)
+    loss = _create(registry, "loss", name, options, bundle.shared_options, model)
     context: dict[str, Any] = {}
     if accepts(loss.compute, "sampler"):
-        context["sampler"] = _create(registry, "sampler", sampler, None, bundle.shared_options)
+        context["sampler"] = _create(registry, "sampler", sampler, None, bundle.shared_options, model)
     labels = _labels(bundle, batch)
     if classes is not None:
         assert accepts(loss.compute, "conditions"), (
@@ -171,7 +171,7 @@ def check_sampler(registry: Registry, name: str, *, model: str = "dcgan", model_
     torch.manual_seed(0)
     bundle = _model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
-    sampler = _create(registry, "sampler", name, options, bundle.shared_options)
+    sampler = _create(registry, "sampler", name, options, bundle.shared_options, model)
     noise_shape = tuple(bundle.noise_shape)
     labels = _labels(bundle, batch)
     if classes is not None:
@@ -239,7 +239,7 @@ def check_exporter(registry: Registry, name: str, folder: str | Path, *, filenam
     torch.manual_seed(0)
     bundle = _model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
-    chosen = _create(registry, "sampler", sampler, None, bundle.shared_options)
+    chosen = _create(registry, "sampler", sampler, None, bundle.shared_options, model)
     exporter = registry.create("exporter", name, **(options or {}))
     path = Path(folder) / (filename or f"model.{name}")
     request = ExportRequest(network=network, sampler=chosen, noise_shape=tuple(bundle.noise_shape),
@@ -416,10 +416,16 @@ def _sample_checked(item: Any, conditions: dict[str, Condition], where: str) -> 
 
 
 def _create(registry: Registry, kind: str, name: str, options: dict[str, Any] | None,
-            shared: dict[str, Any]) -> Any:
-    """Build a loss or sampler with the options the model fixes for it, as a run does."""
-    fields = registry.spec(kind, name).options.model_fields
-    return registry.create(kind, name, **{**(options or {}), **{k: v for k, v in shared.items() if k in fields}})
+            shared: dict[str, Any], model: str) -> Any:
+    """Build a loss or sampler with the options the model fixes for it, as a run does (and refuses as a run does)."""
+    from aigc_kit.core.components import with_shared_options
+    from aigc_kit.core.errors import UserError
+
+    try:
+        validated = with_shared_options(registry, kind, name, options or {}, shared, model=model, field=kind)
+    except UserError as error:
+        raise AssertionError(f"a run would refuse this: {error}") from None
+    return registry.build(kind, name, validated, field=kind)
 
 
 def _check_tensor(value: Any, shape: tuple[int, ...], where: str) -> None:

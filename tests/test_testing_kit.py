@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -296,3 +297,17 @@ def test_the_conditional_exporter_check_catches_a_file_that_ignores_the_label(tm
         "aigc_register_exporters", ComponentSpec("deaf", lambda options: LabelDeafExporter(), "Broken.")))
     with pytest.raises(AssertionError, match=r"exporter 'deaf' with labels \[0, 1, 2\]: the file's samples differ"):
         testing.check_exporter(registry, "deaf", tmp_path, model_options={"width": 8}, classes=3)
+
+
+def test_the_kit_refuses_what_a_run_refuses_with_the_runs_own_message():
+    registry = testing.isolated_registry()
+    small_unet = {"width": 32, "channel_multipliers": [1]}
+    with pytest.raises(AssertionError, match=re.escape("a run would refuse this: sampler.name: sampler 'normal' cannot "
+                                                       "be used with model 'unet': the model fixes beta_schedule")):
+        testing.check_sampler(registry, "normal", model="unet", model_options=small_unet)
+    with pytest.raises(AssertionError, match=re.escape("a run would refuse this: sampler.prediction_type: the model "
+                                                       "fixes this option for its loss and sampler")):
+        testing.check_sampler(registry, "ddim", model="unet", model_options=small_unet,
+                              options={"steps": 2, "prediction_type": "v_prediction"})
+    testing.check_sampler(registry, "ddim", model="unet", model_options={**small_unet, "schedule": {
+        "prediction_type": "v_prediction"}}, options={"steps": 2, "prediction_type": "v_prediction"})
