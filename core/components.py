@@ -38,8 +38,7 @@ def build_components(loaded: LoadedConfig, registry: Registry, *, model_on_meta:
     config = loaded.config
     data = registry.build("dataset", config.data.name, loaded.options["data"], field="data")
     with torch.device("meta") if model_on_meta else contextlib.nullcontext():
-        model = registry.build("model", config.model.name, loaded.options["model"], field="model",
-                               data_shape=data.info.shape, conditions=data.info.conditions)
+        model = registry.build("model", config.model.name, loaded.options["model"], field="model", data=data)
     for section in ("loss", "sampler"):  # each section names a component of its own kind
         part = getattr(config, section)
         loaded.options[section] = with_shared_options(registry, section, part.name, part.plugin_options(),

@@ -1,5 +1,9 @@
 """Every hook aigc-kit calls, in one place.
 
+Every factory is ``factory(options, context)``: the validated options and a
+:class:`~aigc_kit.core.plugin_api.Context` (the data the component is built
+for); a factory that needs no context may take ``options`` alone.
+
 A plugin implements any of these with a function of the same name marked
 :data:`aigc_kit.core.plugin_api.hookimpl`. Every hook is called once per
 plugin while the registry loads, with no arguments, and returns a list of
@@ -40,9 +44,10 @@ def aigc_register_models() -> list[ComponentSpec]:
     """Offer model components.
 
     Called once when the registry loads the plugin, with no arguments.
-    Return specs whose factory is ``factory(options, data_shape=None)`` and
-    returns a :class:`~aigc_kit.core.plugin_api.ModelBundle`; ``data_shape``
-    is one data sample's shape when the model is built for a run.
+    Return specs whose factory is ``factory(options, context)`` and returns a
+    :class:`~aigc_kit.core.plugin_api.ModelBundle`; ``context.data_shape`` is
+    one data sample's shape and ``context.conditions`` what samples come with
+    (a :class:`~aigc_kit.core.plugin_api.Context`).
 
     Example::
 
@@ -113,10 +118,10 @@ def aigc_register_metrics() -> list[ComponentSpec]:
     """Offer metric components.
 
     Called once when the registry loads the plugin, with no arguments.
-    Return specs whose factory is ``factory(options, data=None)`` and returns
+    Return specs whose factory is ``factory(options, context)`` and returns
     an object following :class:`~aigc_kit.core.plugin_api.Metric`:
-    ``update(samples)`` and ``compute() -> dict[str, float]``; ``data`` is the
-    run's :class:`~aigc_kit.core.plugin_api.DatasetBundle` (real samples,
+    ``update(samples)`` and ``compute() -> dict[str, float]``; ``context.data``
+    is the run's :class:`~aigc_kit.core.plugin_api.DatasetBundle` (real samples,
     or facts such as a mixture's mode centres).
 
     Example::

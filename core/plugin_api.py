@@ -13,9 +13,9 @@ A complete plugin::
     class TinyOptions(Options):
         width: int = 32
 
-    def build_tiny(options, data_shape=None):
+    def build_tiny(options, context):
         from my_package.networks import build   # heavy imports stay here
-        return build(options, data_shape)
+        return build(options, context.data_shape)
 
     @hookimpl
     def aigc_register_models():
@@ -33,6 +33,8 @@ from typing import Any, Literal, Protocol
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
+
+from .shapes import square_image_size as square_image_size  # for model factories, which import it from here
 
 PROJECT_NAME = "aigc_kit"
 """The pluggy project name and the entry-point group plugins register under."""
@@ -215,6 +217,26 @@ class DatasetBundle:
     info: DatasetInfo
 
 
+@dataclass(frozen=True)
+class Context:
+    """What a factory gets besides its options, ``factory(options, context)``: the data its component is for.
+
+    In a run, ``data`` is the run's :class:`DatasetBundle`, ``data_shape`` one
+    sample's shape and ``conditions`` what its samples come with. Outside a run
+    (``registry.create``, the conformance kit) each is what the caller gave:
+    ``None`` or empty when nothing was.
+    """
+
+    data: DatasetBundle | None = None
+    data_shape: tuple[int, ...] | None = None
+    conditions: dict[str, Condition] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: DatasetBundle) -> Context:
+        """The context of components built for ``data``."""
+        return cls(data, tuple(data.info.shape), dict(data.info.conditions))
+
+
 class Loss(Protocol):
     """A loss component: its phases, and the loss of one phase for one batch.
 
@@ -372,47 +394,3 @@ class Exporter(Protocol):
         The conformance kit (:func:`aigc_kit.testing.check_exporter`) compares it with
         PyTorch; the ``onnx`` exporter offers it for generator and sampler graphs.
         """
-
-
-# ---------------------------------------------------------------------------
-# Helpers for model factories.
-
-
-def square_image_size(options: Any, data_shape: tuple[int, ...] | None, model: str,
-                      resolutions: tuple[int, ...] = (16, 32, 64, 128),
-                      channel_counts: tuple[int, ...] = (1, 3)) -> tuple[int, int]:
-    """``(channels, resolution)`` of a square-image model, from its options or else from the data's shape.
-
-    ``options`` has ``channels`` and ``resolution`` fields (``None`` meaning "follow
-    the data"). A model option that contradicts the data, non-square data, or
-    a size outside ``resolutions``/``channel_counts`` is a user error naming the field.
-    """
-    from .errors import UserError
-
-    channels, resolution = options.channels, options.resolution
-    if data_shape is not None:
-        if len(data_shape) != 3 or data_shape[1] != data_shape[2]:
-            raise UserError(f"model {model!r} needs square images, but the data's samples have shape {tuple(data_shape)}",
-                            field="data.name")
-        for field_name, mine, theirs in (("channels", channels, data_shape[0]),
-                                         ("resolution", resolution, data_shape[1])):
-            if mine is not None and mine != theirs:
-                raise UserError(f"the model's {field_name} differ from the data's", field=f"model.{field_name}",
-                                expected=theirs, given=mine, hint=f"drop model.{field_name} to follow the data")
-        channels, resolution = channels or data_shape[0], resolution or data_shape[1]
-    if channels is None or resolution is None:
-        raise UserError(f"model {model!r} needs a resolution and channels (or data to take them from)",
-                        field="model.resolution")
-    if channels not in channel_counts or resolution not in resolutions:
-        raise UserError(
-            f"model {model!r} supports {_either(channel_counts)} channels at {_either(resolutions)} pixels",
-            field="model.resolution", given=f"{channels} channels at {resolution} pixels",
-            hint="change the data's resolution or channels",
-        )
-    return channels, resolution
-
-
-def _either(values: tuple[int, ...]) -> str:
-    """``(16, 32, 64)`` -> ``"16, 32 or 64"``."""
-    words = [str(value) for value in values]
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

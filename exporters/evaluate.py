@@ -27,7 +27,8 @@ def evaluate_onnx(path: str | Path, registry: Registry, requested: list[tuple[st
     sampler); a JSON-able report."""
     import torch
 
-    from .runtime import OnnxGenerator, from_pixels
+    from .pixels import from_pixels
+    from .runtime import OnnxGenerator
 
     generator = OnnxGenerator(path, providers="auto")
     section = dict(generator.metadata.get("data") or {})

@@ -17,7 +17,7 @@ import numpy as np
 from aigc_kit.core.errors import UserError
 from aigc_kit.core.rundir import check_writable
 
-from .runtime import grid, image
+from .pixels import grid, image
 
 MAX_GRID = 10_000
 """The most images one grid picture holds."""

@@ -16,12 +16,10 @@ and a relative tolerance, and onnx's reference evaluator on one small input.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,8 @@ from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.files import replacing
 from aigc_kit.core.plugin_api import ExportRequest, is_stepwise
 
+from . import onnx_validation as validation
+from .layout import sampler_layout
 from .metadata import properties as metadata_properties
 from .onnx_graphs import (
     append_uint8_output,
@@ -41,7 +41,6 @@ from .onnx_graphs import (
     set_metadata,
     subpixel_transposed_convs,
     unroll_sampler,
-    unrolled_step,
     with_defaults,
 )
 from .onnx_inputs import (
@@ -57,69 +56,10 @@ from .onnx_inputs import (
     sequence_tensor,
     state_names,
 )
-from .runtime import from_pixels
-
-TOLERANCES = {  # (graph kind, precision) -> (atol, rtol), for outputs in a [-1, 1]-sized range
-    ("network", "fp32"): (1e-4, 1e-4),
-    ("sampler", "fp32"): (1e-3, 1e-3),  # rounding differences grow over the steps
-    ("network", "fp16"): (2e-2, 2e-2),
-    ("sampler", "fp16"): (5e-2, 5e-2),
-    ("network", "int8"): (2.5e-1, 0.0),
-    ("sampler", "int8"): (5e-1, 0.0),
-}
-"""Default tolerances; options ``atol``/``rtol`` override them. Measured margins are in docs/export.md."""
-
+from .pixels import from_pixels
 
 CALIBRATION_BATCH = 8
 """Samples per calibration batch of an unrolled sampler graph (the calibrator keeps every step's activations)."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One validation run: a batch size, and optionally a step sequence or a guidance scale other than the export's."""
-
-    batch: int
-    timesteps: list[int] | None = None
-    guidance: float | None = None
-
-
-@dataclass(frozen=True)
-class SamplerLayout:
-    """A sampler graph's layout: one ``Loop`` around the step, or one copy of the step per timestep."""
-
-    unrolled: bool = False
-    fp32_steps: int = 0
-    """Unrolled int8 only: the first steps, kept fp32."""
-
-    def fp32_nodes(self, model: onnx.ModelProto) -> list[str]:
-        """The names of the nodes of the steps kept fp32 (none for a loop)."""
-        if not self.unrolled or not self.fp32_steps:
-            return []
-        prefixes = tuple(f"step{index}/" for index in range(self.fp32_steps))
-        return [node.name for node in model.graph.node if node.name.startswith(prefixes)]
-
-
-def sampler_layout(options: Any, what: str, steps: int) -> SamplerLayout:
-    """The layout the options ask for: ``auto`` unrolls int8 samplers, so that each step is calibrated on its own."""
-    if what != "sampler":
-        if options.sampler_graph != "auto":
-            raise UserError(f"sampler_graph applies to a diffusion sampler graph, not to a {what} graph",
-                            field="export.sampler_graph", hint="drop export.sampler_graph (or --sampler-graph)")
-        if options.fp32_steps is not None:
-            raise UserError(f"fp32_steps applies to an int8 sampler graph, not to a {what} graph",
-                            field="export.fp32_steps", hint="drop export.fp32_steps")
-        return SamplerLayout()
-    unrolled = options.sampler_graph == "unrolled" or (options.sampler_graph == "auto" and options.precision == "int8")
-    if options.fp32_steps is not None and not (unrolled and options.precision == "int8"):
-        raise UserError("fp32_steps applies to an unrolled int8 sampler graph", field="export.fp32_steps",
-                        given=options.fp32_steps, hint="use precision: int8 with sampler_graph: auto or unrolled")
-    if not unrolled or options.precision != "int8":
-        return SamplerLayout(unrolled=unrolled)
-    fp32_steps = options.fp32_steps if options.fp32_steps is not None else -(-steps // 5)
-    if fp32_steps >= steps:
-        raise UserError(f"fp32_steps must leave at least one of the {steps} steps to quantize",
-                        field="export.fp32_steps", expected=f"0 to {steps - 1}", given=fp32_steps)
-    return SamplerLayout(unrolled=True, fp32_steps=fp32_steps)
 
 
 class OnnxExporter:
@@ -173,7 +113,7 @@ class OnnxExporter:
             if options.pixels == "uint8":
                 model = append_uint8_output(model, request.value_range)
         export_seconds = time.perf_counter() - started
-        tolerance = self._tolerance(what)
+        tolerance = validation.tolerance(options, what)
         report: dict[str, Any] = {"path": str(path), "what": what, "opset": options.opset,
                                   "precision": options.precision, "export_seconds": round(export_seconds, 2),
                                   "atol": tolerance[0], "rtol": tolerance[1]}
@@ -187,10 +127,10 @@ class OnnxExporter:
             onnx.save_model(model, temporary)
             try:
                 with torch.no_grad(), eval_mode(network):
-                    report.update(self.validate(temporary, what, graph, network, sampler, request, tolerance))
+                    report.update(validation.validate(options, temporary, what, graph, network, sampler, request, tolerance))
                     if options.reference_check:
-                        report["reference_evaluator"] = self._reference_check(core, what, graph, tolerance, layout,
-                                                                              sampler)
+                        report["reference_evaluator"] = validation.reference_check(options, core, what, graph, tolerance,
+                                                                                    layout, sampler)
             except ValidationFailed as exc:
                 temporary.replace(path.with_name(path.stem + ".failed.onnx"))
                 if what == "sampler" and options.precision == "int8":
@@ -219,7 +159,7 @@ class OnnxExporter:
         """
         from .metadata import parse as read_metadata
 
-        session = open_session(path)
+        session = validation.open_session(path)
         metadata = read_metadata(session.get_modelmeta().custom_metadata_map, path)
         conditions = {LABEL, GUIDANCE, "timesteps"}
         inputs = [spec["name"] for spec in metadata["inputs"] if spec["name"] not in conditions]
@@ -249,7 +189,7 @@ class OnnxExporter:
         count = self.options.calibration_samples
         conditioning = graph.conditioning
         if what == "generator":
-            return [_numpy(graph.make_inputs(count, generator))]
+            return [validation.numpy_feeds(graph.make_inputs(count, generator))]
         if unrolled:
             batches = []
             for start in range(0, count, CALIBRATION_BATCH):
@@ -259,7 +199,7 @@ class OnnxExporter:
                 if sampler.uses_step_noise:
                     feed["step_noise"] = torch.randn(len(sampler.timesteps), n, *request.sample_shape,
                                                      generator=generator)
-                batches.append(_numpy(feed))
+                batches.append(validation.numpy_feeds(feed))
             return batches
         feeds: list[dict[str, np.ndarray]] = []
         x = sampler.noise(count, tuple(request.noise_shape), generator=generator).float()
@@ -282,139 +222,13 @@ class OnnxExporter:
                     feed["noise"] = noise
                 if states:
                     feed.update(index=torch.tensor(index), sequence=sequence, **dict(zip(states, state, strict=True)))
-            feeds.append(_numpy(feed))
+            feeds.append(validation.numpy_feeds(feed))
             if states:
                 x, state = sampler.transition(network, x, timestep, previous, noise, **guided, state=state,
                                               index=torch.tensor(index), sequence=sequence)
             else:
                 x = sampler.transition(network, x, timestep, previous, noise, **guided)
         return feeds
-
-    def _tolerance(self, what: str) -> tuple[float, float]:
-        atol, rtol = TOLERANCES[("sampler" if what == "sampler" else "network", self.options.precision)]
-        return (self.options.atol if self.options.atol is not None else atol,
-                self.options.rtol if self.options.rtol is not None else rtol)
-
-    # -- checks -------------------------------------------------------------------------------------------------
-
-    def validate(self, path: Path, what: str, graph: Graph, network: torch.nn.Module, sampler: Any,
-                 request: ExportRequest, tolerance: tuple[float, float]) -> dict[str, Any]:
-        """The ONNX checker, then onnxruntime against PyTorch at every batch size (and, for a sampler, step count)."""
-        options = self.options
-        try:
-            onnx.checker.check_model(str(path), full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ValidationFailed(f"the ONNX checker rejected the model: {exc}", {"path": str(path)}) from None
-        session = open_session(path)
-        output = session.get_outputs()[0].name
-        generator = torch.Generator().manual_seed(options.seed + 1)
-        batch_sizes = sorted({options.export_batch_size, *options.validate_batch_sizes})
-        cases = [Case(batch) for batch in batch_sizes]
-        takes_timesteps = any(value.name == "timesteps" for value in session.get_overridable_initializers())
-        if what == "sampler" and takes_timesteps and len(sampler.timesteps) > 1:
-            cases.append(Case(batch_sizes[0], timesteps=sampler.timesteps[::2]))  # a step count chosen at run time
-        if graph.conditioning.guidance is not None:  # guidance chosen at run time: none, and more than the default
-            cases += [Case(batch_sizes[0], guidance=w) for w in (0.0, graph.conditioning.guidance + 2.0)]
-        results = []
-        for case in cases:
-            inputs, expected = self._case(what, graph, network, sampler, request, case, generator)
-            actual = session.run([output], _numpy(inputs))[0]
-            if options.pixels == "uint8":
-                actual = from_pixels(actual, request.value_range)
-            atol = tolerance[0] + (_half_level(request.value_range) if options.pixels == "uint8" else 0.0)
-            result = compare(expected, actual, atol, tolerance[1], case.batch)
-            if case.timesteps is not None:
-                result["steps"] = len(case.timesteps)
-            if GUIDANCE in inputs:
-                result["guidance_scale"] = float(inputs[GUIDANCE])
-            results.append(result)
-        report = {
-            "batch_sizes": batch_sizes,
-            "max_abs_error": max(r["max_abs_error"] for r in results),
-            "max_rel_error": max(r["max_rel_error"] for r in results),
-            "mean_abs_error": max(r["mean_abs_error"] for r in results),
-            "checks": results,
-            "onnxruntime": _onnxruntime_version(),
-        }
-        failures = [r for r in results if not r["passed"]]
-        if failures:
-            worst = max(failures, key=lambda r: r["max_abs_error"])
-            raise ValidationFailed(
-                f"onnxruntime disagrees with PyTorch at batch size {worst['batch_size']}"
-                + (f" with {worst['steps']} steps" if "steps" in worst else "")
-                + (f" at guidance scale {worst['guidance_scale']:g}" if "guidance_scale" in worst else "")
-                + f": max abs error {worst['max_abs_error']:.3g} at index {worst['where']} "
-                f"(allowed {tolerance[0]:g} + {tolerance[1]:g} x |expected|; precision {options.precision})",
-                report,
-            )
-        return report
-
-    def _case(self, what: str, graph: Graph, network: torch.nn.Module, sampler: Any, request: ExportRequest,
-              case: Case, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """Inputs of one check and PyTorch's output for them (float, NCHW)."""
-        batch, timesteps = case.batch, case.timesteps
-        if what != "sampler":  # a denoiser's labels include "no class" (-1), which guided sampling passes it
-            inputs = graph.make_inputs(batch, generator)
-            if what == "denoiser" and LABEL in inputs and graph.conditioning.null_class:
-                inputs[LABEL][::2] = -1
-            return inputs, graph.module(*(inputs[name] for name in graph.input_names)).float().numpy()
-        if timesteps is not None:
-            sampler = copy.copy(sampler)
-            sampler.timesteps = list(timesteps)
-        noise = sampler.noise(batch, tuple(request.noise_shape), generator=generator)
-        inputs = {"noise": noise, **graph.conditioning.draw(batch, generator, case.guidance)}
-        step_noise = None
-        if sampler.uses_step_noise:
-            step_noise = torch.randn(len(sampler.timesteps), *noise.shape, generator=generator)
-            inputs["step_noise"] = step_noise
-        if timesteps is not None:
-            inputs["timesteps"] = torch.tensor(timesteps, dtype=torch.long)
-        fresh = {"step_noise": step_noise} if step_noise is not None else {}  # the protocol's stochastic case only
-        expected = sampler.sample(network, noise, **fresh, **graph.conditioning.sampling_conditions(inputs))
-        return inputs, expected.float().numpy()
-
-    def _reference_check(self, core: onnx.ModelProto, what: str, graph: Graph, tolerance: tuple[float, float],
-                         layout: SamplerLayout, sampler: Any) -> dict[str, Any]:
-        """onnx's reference evaluator on one sample of the traced graph (one step, for a sampler) agrees too.
-
-        An unrolled sampler is checked on one of its steps, taken out of the
-        graph: the first quantized one at int8.
-        """
-        from onnx.reference import ReferenceEvaluator
-
-        generator = torch.Generator().manual_seed(self.options.seed + 3)
-        inputs = graph.make_inputs(1, generator)
-        label = "one step" if what == "sampler" else what
-        states = state_names(carried(sampler)) if what == "sampler" else []
-        if layout.unrolled:
-            index = layout.fp32_steps
-            core = unrolled_step(core, index, graph.output_names[1:])
-            inputs = {**inputs, "timestep": torch.tensor(sampler.timesteps[index]),
-                      "previous": torch.tensor(landing(sampler, index))}
-            if states:
-                inputs.update(index=torch.tensor(index), sequence=sequence_tensor(sampler))
-            feeds = {"x": inputs["x"], **{name: inputs[name] for name in [*states, *graph.conditioning.names]}}
-            if sampler.uses_step_noise:
-                feeds["step_noise"] = torch.randn(len(sampler.timesteps), *inputs["x"].shape, generator=generator)
-                inputs["noise"] = feeds["step_noise"][index]
-            label = f"step {index + 1} of {len(sampler.timesteps)}"
-        else:
-            feeds = inputs
-        expected = graph.module(*(inputs[name] for name in graph.input_names))
-        expected = (expected[0] if isinstance(expected, tuple) else expected).float().numpy()  # x, not the state
-        try:
-            actual = ReferenceEvaluator(core, new_ops=_reference_qdq_ops()).run(None, _numpy(feeds))[0]
-        except Exception as exc:  # noqa: BLE001 - an operator the reference evaluator lacks is not the model's fault
-            return {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        result = compare(expected, np.asarray(actual), tolerance[0], tolerance[1], 1)
-        result["graph"] = label
-        if not result["passed"]:
-            raise ValidationFailed(
-                f"onnx's reference evaluator disagrees with PyTorch on {result['graph']}: "
-                f"max abs error {result['max_abs_error']:.3g} at index {result['where']}",
-                {"reference_evaluator": result},
-            )
-        return result
 
     # -- what the file says about itself ----------------------------------------------------------------------
 
@@ -507,35 +321,6 @@ def trace(graph: Graph, opset: int, batch: int, seed: int) -> onnx.ModelProto:
     return program.model_proto
 
 
-def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float, batch_size: int) -> dict[str, Any]:
-    """Absolute and relative differences of two outputs, and whether ``|a - e| <= atol + rtol |e|`` holds."""
-    if expected.shape != actual.shape:
-        return {"batch_size": batch_size, "passed": False, "max_abs_error": float("inf"), "max_rel_error": float("inf"),
-                "mean_abs_error": float("inf"), "where": f"shape {actual.shape} instead of {expected.shape}"}
-    difference = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-    relative = difference / np.maximum(np.abs(expected), 1e-12)
-    worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
-    passed = bool(np.all(difference <= atol + rtol * np.abs(expected)))
-    return {
-        "batch_size": batch_size,
-        "passed": passed,
-        "max_abs_error": float(difference.max()),
-        "max_rel_error": float(relative.max()),
-        "mean_abs_error": float(difference.mean()),
-        "where": [int(i) for i in worst],
-    }
-
-
-def open_session(path: str | Path) -> Any:
-    """An onnxruntime session on the CPU provider; a clear error when onnxruntime is missing or installed twice."""
-    from .runtime import import_onnxruntime
-
-    onnxruntime = import_onnxruntime()
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: the overridable `timesteps` default is intended
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _with_steps(sampler: Any, steps: int | None) -> Any:
     """The sampler with ``steps`` timesteps (the same spacing), or itself when ``steps`` is None."""
     if steps is None or steps == len(sampler.timesteps):
@@ -547,38 +332,6 @@ def _with_steps(sampler: Any, steps: int | None) -> Any:
         return sampler.with_steps(steps)
     except ValueError as exc:
         raise UserError(str(exc), field="export.steps", given=steps) from None
-
-
-def _reference_qdq_ops() -> list[type]:
-    """The QuantizeLinear/DequantizeLinear pair for onnx's reference evaluator at opsets 13-18.
-
-    It implements them from opset 19 only and reads their attributes from the
-    newest schema, so the newest implementation serves: its added attributes
-    (block size, output type, saturation) default to the opset-13 arithmetic.
-    """
-    from onnx.reference.ops import op_dequantize_linear, op_quantize_linear
-
-    def newest(module: Any, name: str) -> type:
-        versions = [attribute for attribute in dir(module) if attribute.startswith(name + "_")]
-        return getattr(module, max(versions, key=lambda attribute: int(attribute.rsplit("_", 1)[1])))
-
-    return [type("DequantizeLinear", (newest(op_dequantize_linear, "DequantizeLinear"),), {"op_domain": ""}),
-            type("QuantizeLinear", (newest(op_quantize_linear, "QuantizeLinear"),), {"op_domain": ""})]
-
-
-def _numpy(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
-
-
-def _half_level(value_range: tuple[float, float]) -> float:
-    """Half of one of 255 pixel levels, in the value range's units: what rounding to uint8 may add."""
-    return 0.5 * (value_range[1] - value_range[0]) / 255.0 + 1e-6
-
-
-def _onnxruntime_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 @contextlib.contextmanager

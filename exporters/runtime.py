@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from importlib import metadata as distributions
 from pathlib import Path
 from typing import Any
 
@@ -29,64 +28,19 @@ from aigc_kit.core.timesteps import timesteps_for
 
 from .metadata import check_graph
 from .metadata import parse as read_metadata
-
-TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-OPENVINO = "OpenVINOExecutionProvider"
-PROVIDER_NAMES = {"tensorrt": TENSORRT, "cuda": CUDA, "openvino": OPENVINO, "cpu": CPU}
-AUTO_ORDER = (CUDA, OPENVINO, CPU)
-"""``auto``: TensorRT is left out. It builds an engine for minutes on first use and runs fp16 only when told;
-it is asked for by name (``tensorrt``), with CUDA behind it for the operators it lacks."""
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino")
-
-
-def import_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or a :class:`UserError` saying how to install exactly one distribution of it."""
-    installed = [name for name in RUNTIME_DISTRIBUTIONS if _installed(name)]
-    if len(installed) > 1:
-        raise UserError(
-            f"several onnxruntime distributions are installed ({', '.join(installed)}); they provide the same "
-            "`onnxruntime` module and "
-            "overwrite each other's files",
-            hint=f"pip uninstall -y {' '.join(installed)}, then pip install 'aigc-kit[cpu]' "
-            "(or 'aigc-kit[gpu]' on a machine with CUDA, 'aigc-kit[openvino]' for OpenVINO)",
-        )
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(
-            "onnxruntime is not installed",
-            hint="pip install 'aigc-kit[cpu]' (or 'aigc-kit[gpu]' on a machine with CUDA)",
-        ) from None
-    return onnxruntime
-
-
-def choose_providers(requested: str | Sequence[str], available: Sequence[str]) -> list[str]:
-    """The providers to ask onnxruntime for, best first.
-
-    ``auto``: CUDA, then OpenVINO, then CPU, of those this onnxruntime has
-    (:class:`OnnxGenerator` leaves OpenVINO out for diffusion samplers).
-    ``tensorrt``/``cuda``/``openvino``/``cpu`` (or full provider names, comma-separated or a
-    list): those, each of which must be available, with CPU appended as the
-    fallback onnxruntime needs for operators the others lack (and CUDA behind
-    TensorRT, as onnxruntime advises).
-    """
-    if isinstance(requested, str):
-        if requested == "auto":
-            return [name for name in AUTO_ORDER if name in available]
-        requested = [part.strip() for part in requested.split(",") if part.strip()]
-    chosen = [PROVIDER_NAMES.get(name.lower(), name) for name in requested]
-    missing = [name for name in chosen if name not in available]
-    if missing or not chosen:
-        raise UserError(
-            f"this onnxruntime has no {', '.join(missing) or 'provider named'}",
-            field="providers", expected="auto, or some of: " + ", ".join(available), given=",".join(requested),
-            hint="for CUDA and TensorRT install 'aigc-kit[gpu]' (onnxruntime-gpu) on a machine with CUDA",
-        )
-    if TENSORRT in chosen and CUDA in available and CUDA not in chosen:
-        chosen.insert(chosen.index(TENSORRT) + 1, CUDA)
-    return chosen + ([CPU] if CPU not in chosen and CPU in available else [])
+from .pixels import to_pixels
+from .providers import (
+    CONV_ALGO_SEARCHES,
+    CPU,
+    CUDA,
+    OPENVINO,
+    OPTIMIZATION_LEVELS,
+    TENSORRT,
+    choose_providers,
+    first_line,
+    import_onnxruntime,
+    tensorrt_options,
+)
 
 
 class OnnxGenerator:
@@ -159,7 +113,7 @@ class OnnxGenerator:
                                                                       for name in candidates])
                 break
             except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for unreadable files
-                reason = _first_line(exc)
+                reason = first_line(exc)
                 if providers != "auto" or len(candidates) < 2 or candidates[0] == CPU:
                     hint = "try providers='cpu' (--providers cpu)" if candidates[0] != CPU else None
                     raise UserError(f"onnxruntime cannot load the model with {candidates[0]}: {reason}",
@@ -405,87 +359,3 @@ def _graph_kind(ort: Any, path: Path) -> str | None:
 def _read_metadata_only(ort: Any, path: Path) -> dict[str, Any]:
     properties = _metadata_map(ort, path)
     return read_metadata(properties, path) if properties else {}
-
-
-def tensorrt_options(path: Path, metadata: dict[str, Any], *, cache: str | Path | None = None, fp16: bool = False,
-                     batch_size: int | None = None) -> dict[str, str]:
-    """onnxruntime's TensorRT options for an exported model: an engine cache, fp16, and shape profiles.
-
-    The engine (minutes to build) is cached in ``cache`` (default
-    ``MODEL.onnx.trt-cache/`` beside the model) and rebuilt only when the
-    model or the profiles change. The profiles span the batch sizes the export
-    was validated at (and ``batch_size``, if larger), tuned for the largest; a
-    sampler's step count is the export's. fp16 is on for an fp16 export, and
-    otherwise only when asked for (it changes the numbers the export was
-    validated with).
-    """
-    folder = Path(cache) if cache is not None else path.with_name(path.name + ".trt-cache")
-    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder),
-               "trt_fp16_enable": "True" if fp16 or metadata.get("precision") == "fp16" else "False"}
-    validated = list((metadata.get("validation") or {}).get("batch_sizes") or [1])
-    smallest, largest = min(validated), max([*validated, batch_size or 0])
-    steps = len((metadata.get("sampling") or {}).get("timesteps") or []) or (metadata.get("sampling") or {}).get(
-        "steps", 1)
-    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
-    for spec in metadata.get("inputs", []):
-        if "batch" not in spec["shape"] and "steps" not in spec["shape"]:
-            continue
-        for profile, batch in (("min", smallest), ("opt", largest), ("max", largest)):
-            dims = [batch if dim == "batch" else steps if dim == "steps" else int(dim) for dim in spec["shape"]]
-            shapes[profile].append(f"{spec['name']}:{'x'.join(str(dim) for dim in dims)}")
-    for profile, entries in shapes.items():
-        if entries:
-            options[f"trt_profile_{profile}_shapes"] = ",".join(entries)
-    return options
-
-
-def _first_line(exc: Exception) -> str:
-    """The first line of an onnxruntime error that says what went wrong (its messages run to pages)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    telling = [line for line in lines if "does not support" in line or "not implemented" in line.lower()]
-    return (telling or lines or [type(exc).__name__])[0][:300]
-
-
-def to_pixels(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """NCHW floats in ``value_range`` -> NHWC uint8, as the exported graphs' uint8 output computes it."""
-    low, high = value_range
-    scaled = np.round((images.astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low)))
-    return np.clip(scaled, 0, 255).transpose(0, 2, 3, 1).astype(np.uint8)
-
-
-def from_pixels(pixels: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """NHWC uint8 pixels back to NCHW float32 in ``value_range``: the inverse of :func:`to_pixels` up to rounding."""
-    low, high = value_range
-    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) * np.float32((high - low) / 255.0) + \
-        np.float32(low)
-
-
-def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> Any:
-    """A ``PIL.Image`` of uint8 NHWC ``images`` in a grid (square-ish unless ``columns`` is given)."""
-    from PIL import Image
-
-    count, height, width, channels = images.shape
-    columns = columns or math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    canvas = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
-                      dtype=np.uint8)
-    for index, image in enumerate(images):
-        top = padding + (index // columns) * (height + padding)
-        left = padding + (index % columns) * (width + padding)
-        canvas[top:top + height, left:left + width] = image
-    return Image.fromarray(canvas[..., 0] if channels == 1 else canvas)
-
-
-def image(pixels: np.ndarray) -> Any:
-    """One uint8 HWC image as a ``PIL.Image``."""
-    from PIL import Image
-
-    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-
-
-def _installed(distribution: str) -> bool:
-    try:
-        distributions.distribution(distribution)
-    except distributions.PackageNotFoundError:
-        return False
-    return True

@@ -35,16 +35,26 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aigc_kit.core.plugin_api import SAMPLE_KEY, Condition, DatasetBundle, ExportRequest, ModelBundle, accepts
+from aigc_kit.core.plugin_api import SAMPLE_KEY, DatasetBundle, ExportRequest, accepts
 from aigc_kit.core.registry import Registry
 
 from .callbacks import check_callback
+from .helpers import (
+    Classes,
+    built_model,
+    check_gradients_follow_labels,
+    check_tensor,
+    conditions_for,
+    create_as_a_run_does,
+    differ,
+    labels_for,
+    sample_checked,
+    sample_with,
+)
 
 __all__ = ["check_callback", "check_dataset", "check_exporter", "check_loss", "check_metric", "check_model", "check_sampler",
            "isolated_registry"]
 
-Classes = int | tuple[str, ...] | list[str] | None
-"""A check's ``classes``: how many (or which) classes the model is built for; None for an unconditional model."""
 
 
 def isolated_registry(*plugins: Any, builtins: bool = True) -> Registry:
@@ -79,16 +89,16 @@ def check_model(registry: Registry, name: str, *, resolutions: Iterable[int | No
         raise ValueError("give resolutions and channels, or data_shapes, to check the model at")
     for shape in shapes:
         where = f"model {name!r} at data shape {shape}"
-        bundle = _model(registry, name, options, shape, classes)
+        bundle = built_model(registry, name, options, shape, classes)
         network = bundle.networks[bundle.sampling_network].eval()
-        chosen = _create(registry, "sampler", sampler, sampler_options, bundle.shared_options, name)
-        labels = _labels(bundle, batch)
+        chosen = create_as_a_run_does(registry, "sampler", sampler, sampler_options, bundle.shared_options, name)
+        labels = labels_for(bundle, batch)
         with torch.no_grad():
             noise = chosen.noise(batch, tuple(bundle.noise_shape), generator=torch.Generator().manual_seed(0))
-            samples = _sample(chosen, network, noise, labels[0])
-            _check_tensor(samples, (batch, *shape), f"{where}: samples")
+            samples = sample_with(chosen, network, noise, labels[0])
+            check_tensor(samples, (batch, *shape), f"{where}: samples")
             if classes is not None:
-                assert _differ(samples, _sample(chosen, network, noise, labels[1])), (
+                assert differ(samples, sample_with(chosen, network, noise, labels[1])), (
                     f"{where}: the same noise with other labels gave the same samples; pass the label to the network")
         data = torch.rand(batch, *shape) * 2 - 1
         for network_name, other in bundle.networks.items():
@@ -101,7 +111,7 @@ def check_model(registry: Registry, name: str, *, resolutions: Iterable[int | No
                 f"{batch} samples with {batch} finite values, gave shape {tuple(answer.shape)}")
             if classes is not None:
                 with torch.no_grad():
-                    assert _differ(answer, other(data, **labels[1])), (
+                    assert differ(answer, other(data, **labels[1])), (
                         f"{where}: network {network_name!r} gave the same answers for other labels")
 
 
@@ -117,12 +127,12 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape, classes)
-    loss = _create(registry, "loss", name, options, bundle.shared_options, model)
+    bundle = built_model(registry, model, model_options, data_shape, classes)
+    loss = create_as_a_run_does(registry, "loss", name, options, bundle.shared_options, model)
     context: dict[str, Any] = {}
     if accepts(loss.compute, "sampler"):
-        context["sampler"] = _create(registry, "sampler", sampler, None, bundle.shared_options, model)
-    labels = _labels(bundle, batch)
+        context["sampler"] = create_as_a_run_does(registry, "sampler", sampler, None, bundle.shared_options, model)
+    labels = labels_for(bundle, batch)
     if classes is not None:
         assert accepts(loss.compute, "conditions"), (
             f"loss {name!r}: compute takes no conditions, so a conditional model never sees its labels")
@@ -136,7 +146,7 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
             network.train().requires_grad_(network_name in phase.trains)
             network.zero_grad(set_to_none=True)
         with torch.random.fork_rng(devices=[]):
-            value, logs = loss.compute(phase, data, bundle, 0, **context, **_conditions(loss, labels[0]))
+            value, logs = loss.compute(phase, data, bundle, 0, **context, **conditions_for(loss, labels[0]))
         where = f"loss {name!r}, phase {phase.name!r}"
         assert isinstance(value, torch.Tensor) and value.dim() == 0, f"{where}: expected a scalar tensor, got {value!r}"
         assert bool(torch.isfinite(value)), f"{where}: the loss is {value.item()}"
@@ -154,7 +164,7 @@ def check_loss(registry: Registry, name: str, *, model: str = "dcgan", model_opt
             else:
                 assert not gradients, f"{where}: gradients reach network {network_name!r}, which the phase does not train"
         if classes is not None:
-            _check_gradients_follow_labels(loss, phase, data, bundle, context, labels, where)
+            check_gradients_follow_labels(loss, phase, data, bundle, context, labels, where)
         if phase.after_step is not None:
             phase.after_step(bundle)
 
@@ -169,11 +179,11 @@ def check_sampler(registry: Registry, name: str, *, model: str = "dcgan", model_
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape, classes)
+    bundle = built_model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
-    sampler = _create(registry, "sampler", name, options, bundle.shared_options, model)
+    sampler = create_as_a_run_does(registry, "sampler", name, options, bundle.shared_options, model)
     noise_shape = tuple(bundle.noise_shape)
-    labels = _labels(bundle, batch)
+    labels = labels_for(bundle, batch)
     if classes is not None:
         assert accepts(sampler.sample, "conditions"), (
             f"sampler {name!r}: sample takes no conditions, so it cannot draw a chosen class")
@@ -181,19 +191,19 @@ def check_sampler(registry: Registry, name: str, *, model: str = "dcgan", model_
     def draw(seed: int, chosen: int = 0) -> tuple[Any, Any]:
         with torch.no_grad():
             noise = sampler.noise(batch, noise_shape, generator=torch.Generator().manual_seed(seed))
-            return noise, _sample(sampler, network, noise, labels[chosen],
+            return noise, sample_with(sampler, network, noise, labels[chosen],
                                   generator=torch.Generator().manual_seed(seed + 1))
 
     noise, samples = draw(0)
-    _check_tensor(noise, (batch, *noise_shape), f"sampler {name!r}: noise")
-    _check_tensor(samples, (batch, *data_shape), f"sampler {name!r}: samples")
+    check_tensor(noise, (batch, *noise_shape), f"sampler {name!r}: noise")
+    check_tensor(samples, (batch, *data_shape), f"sampler {name!r}: samples")
     again_noise, again = draw(0)
     assert torch.equal(noise, again_noise) and torch.equal(samples, again), (
         f"sampler {name!r}: the same seed gave different noise or samples; draw randomness only from `generator`")
     other_noise, _ = draw(10)
     assert not torch.equal(noise, other_noise), f"sampler {name!r}: different seeds gave the same noise"
     if classes is not None:
-        assert _differ(samples, draw(0, chosen=1)[1]), (
+        assert differ(samples, draw(0, chosen=1)[1]), (
             f"sampler {name!r}: other labels gave the same samples; pass conditions to the network as keywords")
 
 
@@ -213,12 +223,12 @@ def check_dataset(registry: Registry, name: str, *, options: dict[str, Any] | No
     rebuilt = registry.create("dataset", name, **(options or {})).dataset
     for index in range(min(items, len(dataset))):
         where = f"dataset {name!r}, item {index}"
-        item = _sample_checked(dataset[index], info.conditions, where)
-        _check_tensor(item, tuple(info.shape), where)
+        item = sample_checked(dataset[index], info.conditions, where)
+        check_tensor(item, tuple(info.shape), where)
         assert float(item.min()) >= low - 1e-6 and float(item.max()) <= high + 1e-6, (
             f"{where}: values from {float(item.min()):.3g} to {float(item.max()):.3g}, outside the declared "
             f"value_range {info.value_range}")
-        assert torch.equal(item, _sample_checked(rebuilt[index], info.conditions, where)), (
+        assert torch.equal(item, sample_checked(rebuilt[index], info.conditions, where)), (
             f"{where} differs when the dataset is built again with the same options; seed it from the options")
 
 
@@ -237,9 +247,9 @@ def check_exporter(registry: Registry, name: str, folder: str | Path, *, filenam
     import torch
 
     torch.manual_seed(0)
-    bundle = _model(registry, model, model_options, data_shape, classes)
+    bundle = built_model(registry, model, model_options, data_shape, classes)
     network = bundle.networks[bundle.sampling_network].eval()
-    chosen = _create(registry, "sampler", sampler, None, bundle.shared_options, model)
+    chosen = create_as_a_run_does(registry, "sampler", sampler, None, bundle.shared_options, model)
     exporter = registry.create("exporter", name, **(options or {}))
     path = Path(folder) / (filename or f"model.{name}")
     request = ExportRequest(network=network, sampler=chosen, noise_shape=tuple(bundle.noise_shape),
@@ -255,9 +265,9 @@ def check_exporter(registry: Registry, name: str, folder: str | Path, *, filenam
     with torch.no_grad():
         noise = chosen.noise(batch, tuple(bundle.noise_shape), generator=torch.Generator().manual_seed(0))
     outputs = []
-    for labels in _labels(bundle, batch)[:1 if classes is None else 2]:
+    for labels in labels_for(bundle, batch)[:1 if classes is None else 2]:
         with torch.no_grad():
-            expected = _sample(chosen, network, noise, labels).numpy()
+            expected = sample_with(chosen, network, noise, labels).numpy()
         where = f"exporter {name!r}" + (" with labels " + str(labels["label"].tolist()) if labels else "")
         actual = np.asarray(run(noise.numpy(), **{key: value.numpy() for key, value in labels.items()}))
         assert actual.shape == expected.shape, (
@@ -266,7 +276,7 @@ def check_exporter(registry: Registry, name: str, folder: str | Path, *, filenam
         assert error <= atol, f"{where}: the file's samples differ from PyTorch's by up to {error:.3g} (> {atol})"
         outputs.append(actual)
     if classes is not None:
-        assert _differ(outputs[0], outputs[1]), f"exporter {name!r}: the file ignores the label input"
+        assert differ(outputs[0], outputs[1]), f"exporter {name!r}: the file ignores the label input"
     return report
 
 
@@ -303,135 +313,3 @@ def check_metric(registry: Registry, name: str, *, options: dict[str, Any] | Non
     assert again == values, (f"metric {name!r}: the same samples after compute gave {again}, not {values}; compute "
                              "must reset what update collected")
     return values
-
-
-def _model(registry: Registry, name: str, options: dict[str, Any] | None, data_shape: tuple[int, ...],
-           classes: Classes = None) -> ModelBundle:
-    conditions = {} if classes is None else {"label": Condition(classes=_class_names(classes))}
-    bundle = registry.create("model", name, data_shape=tuple(data_shape), conditions=conditions, **(options or {}))
-    assert isinstance(bundle, ModelBundle), f"model {name!r}: the factory should return a ModelBundle"
-    assert bundle.sampling_network in bundle.networks, (
-        f"model {name!r}: sampling_network {bundle.sampling_network!r} is not one of {sorted(bundle.networks)}")
-    if classes is not None:
-        assert "label" in bundle.conditions, (
-            f"model {name!r}: built for data with {len(conditions['label'].classes)} classes, its ModelBundle "
-            f"takes no label (conditions={bundle.conditions!r}); take the factory's `conditions` argument")
-        _wake(bundle)
-    return bundle
-
-
-def _wake(bundle: ModelBundle) -> None:
-    """Give weights initialised to zero small random values, so that what a label changes can show.
-
-    A denoiser's last layer usually starts at zero (every prediction zero, whatever the label);
-    a trained network's would not be.
-    """
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for network in bundle.networks.values():
-            for parameter in network.parameters():
-                if parameter.dim() > 0 and not bool(parameter.any()):
-                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-
-
-def _differ(first: Any, second: Any) -> bool:
-    """Whether two tensors (or arrays) differ by more than float32 rounding: by 1e-4 of the larger's norm.
-
-    Closeness element by element would call a label effect of 1e-7 a difference, or not, depending
-    on the CPU's vector instructions; a network whose labels change that little ignores them.
-    """
-    import numpy as np
-
-    first, second = (np.asarray(value.detach().double().cpu() if hasattr(value, "detach") else value, dtype=np.float64)
-                     for value in (first, second))
-    return float(np.linalg.norm(first - second)) > 1e-4 * max(float(np.linalg.norm(first)),
-                                                               float(np.linalg.norm(second)), 1e-30)
-
-
-def _class_names(classes: int | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    names = tuple(f"class-{index}" for index in range(classes)) if isinstance(classes, int) else tuple(classes)
-    if len(names) < 2:
-        raise ValueError("give at least two classes to check a conditional component")
-    return names
-
-
-def _labels(bundle: ModelBundle, batch: int) -> list[dict[str, Any]]:
-    """Two label sets for ``batch`` samples that differ in every sample (two empty ones for no label)."""
-    import torch
-
-    label = bundle.conditions.get("label")
-    if label is None:
-        return [{}, {}]
-    first = torch.arange(batch) % label.count
-    return [{"label": first}, {"label": (first + 1) % label.count}]
-
-
-def _sample(sampler: Any, network: Any, noise: Any, labels: dict[str, Any], **options: Any) -> Any:
-    return sampler.sample(network, noise, conditions=labels, **options) if labels else \
-        sampler.sample(network, noise, **options)
-
-
-def _conditions(loss: Any, labels: dict[str, Any]) -> dict[str, Any]:
-    return {"conditions": labels} if labels or accepts(loss.compute, "conditions") else {}
-
-
-def _check_gradients_follow_labels(loss: Any, phase: Any, data: Any, bundle: ModelBundle, context: dict[str, Any],
-                                   labels: list[dict[str, Any]], where: str) -> None:
-    """The phase's gradients, from the same batch and random draws, differ between two label sets."""
-    import torch
-
-    gradients = []
-    for chosen in labels:
-        for network in bundle.networks.values():
-            network.zero_grad(set_to_none=True)
-        with torch.random.fork_rng(devices=[]):
-            value, _ = loss.compute(phase, data, bundle, 0, **context, conditions=chosen)
-        value.backward()
-        gradients.append(torch.cat([p.grad.flatten() for name in phase.trains
-                                    for p in bundle.networks[name].parameters() if p.grad is not None]))
-    assert _differ(*gradients), f"{where}: the gradients are the same for other labels; use the conditions"
-
-
-def _sample_checked(item: Any, conditions: dict[str, Condition], where: str) -> Any:
-    """The sample of a dataset item, after checking that it carries exactly the declared conditions."""
-    from collections.abc import Mapping
-
-    if not conditions:
-        assert not isinstance(item, Mapping | tuple | list), (
-            f"{where}: a {type(item).__name__}, where a dataset that declares no conditions gives the sample tensor; "
-            "declare what the items carry in DatasetInfo.conditions")
-        return item
-    assert isinstance(item, Mapping) and set(item) == {SAMPLE_KEY, *conditions}, (
-        f"{where}: expected a mapping with keys {sorted({SAMPLE_KEY, *conditions})}, got "
-        f"{sorted(item) if isinstance(item, Mapping) else type(item).__name__}")
-    for name, condition in conditions.items():
-        value = item[name]
-        assert isinstance(value, int) or getattr(value, "dim", lambda: 1)() == 0, (
-            f"{where}: {name} should be one integer, got {value!r}")
-        assert 0 <= int(value) < condition.count, (
-            f"{where}: {name} {int(value)} is outside the {condition.count} declared classes")
-    return item[SAMPLE_KEY]
-
-
-def _create(registry: Registry, kind: str, name: str, options: dict[str, Any] | None,
-            shared: dict[str, Any], model: str) -> Any:
-    """Build a loss or sampler with the options the model fixes for it, as a run does (and refuses as a run does)."""
-    from aigc_kit.core.components import with_shared_options
-    from aigc_kit.core.errors import UserError
-
-    try:
-        validated = with_shared_options(registry, kind, name, options or {}, shared, model=model, field=kind)
-    except UserError as error:
-        raise AssertionError(f"a run would refuse this: {error}") from None
-    return registry.build(kind, name, validated, field=kind)
-
-
-def _check_tensor(value: Any, shape: tuple[int, ...], where: str) -> None:
-    import torch
-
-    assert isinstance(value, torch.Tensor), f"{where}: expected a torch.Tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == shape, f"{where}: expected shape {shape}, got {tuple(value.shape)}"
-    assert value.dtype == torch.float32, f"{where}: expected float32, got {value.dtype}"
-    assert bool(torch.isfinite(value).all()), f"{where}: not all values are finite"

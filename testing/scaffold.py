@@ -90,7 +90,8 @@ def new_plugin(name: str, directory: str | Path | None = None, kinds: tuple[str,
     words = {"distribution": name, "module": module, "short": short,
              "Short": "".join(part.capitalize() for part in short.split("-")),
              "kinds": ", ".join(kinds), "host_version": _minor(host_version()),
-             "typing_import": "from typing import Literal\n\n" if {"model", "callback"} & set(kinds) else ""}
+             "typing_import": "from typing import Literal\n\n" if {"model", "callback"} & set(kinds) else "",
+             "context_import": "Context, " if {"model", "metric"} & set(kinds) else ""}
     names = {kind: Template(_COMPONENT[kind]).substitute(words) for kind in kinds}
     words["component_list"] = ", ".join(f"{kind} `{names[kind]}`" for kind in kinds)
 

@@ -141,14 +141,17 @@ CLASSES = ["circle", "square", "triangle"]  # the shapes dataset's kinds, in its
 
 # plugin modules for the test distributions of plugin_distribution
 GOOD = """
-from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, Options, hookimpl
 
 class WidthOptions(Options):
     width: int = 3
 
+def tiny(options, data_shape=None):  # no networks: the tests see which options reached it in the noise shape
+    return ModelBundle({}, "tiny", (options.width,))
+
 @hookimpl
 def aigc_register_models():
-    return [ComponentSpec("tiny", lambda options, data_shape=None: ("tiny", options.width), "A tiny model.", WidthOptions)]
+    return [ComponentSpec("tiny", tiny, "A tiny model.", WidthOptions)]
 """
 
 BROKEN_IMPORT = """

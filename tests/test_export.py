@@ -20,7 +20,7 @@ from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.plugin_api import ExportRequest
 from aigc_kit.core.run import run
 from aigc_kit.core.trained import export, load_trained
-from aigc_kit.exporters import runtime
+from aigc_kit.exporters import providers, runtime
 from aigc_kit.exporters.bench import BenchReport, Timing, format_report
 from aigc_kit.exporters.runtime import OnnxGenerator, choose_providers
 from aigc_kit.testing import isolated_registry
@@ -535,13 +535,13 @@ def test_auto_leaves_diffusion_samplers_to_the_cpu_provider_when_openvino_is_ins
 
 
 def test_both_or_neither_onnxruntime_distribution_is_explained(monkeypatch):
-    monkeypatch.setattr(runtime, "_installed", lambda name: True)
+    monkeypatch.setattr(providers, "_installed", lambda name: True)
     with pytest.raises(UserError) as both:
         runtime.import_onnxruntime()
     assert "installed (onnxruntime, onnxruntime-gpu, onnxruntime-openvino)" in str(both.value)
     assert "pip uninstall -y onnxruntime onnxruntime-gpu onnxruntime-openvino" in str(both.value)
 
-    monkeypatch.setattr(runtime, "_installed", lambda name: False)
+    monkeypatch.setattr(providers, "_installed", lambda name: False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError) as neither:
         runtime.import_onnxruntime()

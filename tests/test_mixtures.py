@@ -31,8 +31,7 @@ def test_mixtures_have_the_literature_layouts_and_are_deterministic(builtin_regi
 
 def metric_on(builtin_registry, points, layout="grid", **options):
     data = builtin_registry.create("dataset", "gaussian-mixture", layout=layout, size=10)
-    spec = builtin_registry.spec("metric", "mode-coverage")
-    metric = spec.factory(spec.options(**options), data=data)
+    metric = builtin_registry.create("metric", "mode-coverage", data=data, **options)
     metric.update(torch.as_tensor(points, dtype=torch.float32))
     return metric.compute(), data
 
@@ -57,9 +56,8 @@ def test_mode_coverage_counts_modes_and_high_quality_samples(builtin_registry):
 
 def test_mode_coverage_needs_mixture_data(builtin_registry):
     data = builtin_registry.create("dataset", "shapes", size=10)
-    spec = builtin_registry.spec("metric", "mode-coverage")
     with pytest.raises(UserError, match="known modes"):
-        spec.factory(spec.options(), data=data)
+        builtin_registry.create("metric", "mode-coverage", data=data)
 
 
 def test_mlp_model_fits_vectors_and_images(builtin_registry):

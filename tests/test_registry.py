@@ -12,11 +12,11 @@ from aigc_kit.core.registry import Registry
 from .conftest import BROKEN_IMPORT, GOOD
 
 CLASHING = """
-from aigc_kit.core.plugin_api import ComponentSpec, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, ModelBundle, hookimpl
 
 @hookimpl
 def aigc_register_models():
-    return [ComponentSpec("tiny", lambda options, data_shape=None: "other tiny", "Another tiny model.")]
+    return [ComponentSpec("tiny", lambda options, data_shape=None: ModelBundle({}, "other", ()), "Another tiny model.")]
 """
 
 
@@ -45,7 +45,7 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(plugin_distribut
         "loaded", "entry point", "good-plugins", "1.2.3")
     assert record.components == ["model:tiny"]
     assert record.hooks == ["aigc_register_models"]
-    assert registry.create("model", "tiny", width=7) == ("tiny", 7)
+    assert registry.create("model", "tiny", width=7).noise_shape == (7,)
 
 
 def test_builtins_come_through_the_same_entry_point_group():
@@ -118,8 +118,8 @@ def test_a_name_clash_names_both_providers_and_qualified_names_resolve(plugin_di
     message = str(caught.value)
     assert "first-plugins 1.0" in message and "second-plugins 2.0" in message
     assert "'first:tiny'" in message and "'second:tiny'" in message
-    assert registry.create("model", "second:tiny") == "other tiny"
-    assert registry.create("model", "first:tiny") == ("tiny", 3)
+    assert registry.create("model", "second:tiny").sampling_network == "other"
+    assert registry.create("model", "first:tiny").noise_shape == (3,)
     assert {"first:tiny", "second:tiny"} <= set(registry.names("model"))
 
 
@@ -153,7 +153,7 @@ def test_local_plugin_file_is_loaded(builtin_registry, tmp_path):
     plugin.write_text(GOOD)
     record = builtin_registry.load_local("my_plugin.py", base_dir=tmp_path)
     assert (record.source, record.status) == ("local file", "loaded")
-    assert builtin_registry.create("model", "tiny") == ("tiny", 3)
+    assert builtin_registry.create("model", "tiny").noise_shape == (3,)
 
 
 def test_a_broken_local_plugin_is_a_user_error(builtin_registry, tmp_path):
@@ -259,3 +259,40 @@ def test_implementing_a_deprecated_hook_warns_when_the_plugin_loads():
     assert record.status == "loaded"
     assert record.warnings == [("the hook aigc_register_old_models is deprecated since aigc-kit 1.1 and goes in 1.2; "
                                 "implement aigc_register_models instead")]
+
+
+def test_every_kind_is_created_from_python_with_its_context(builtin_registry):
+    data = builtin_registry.create("dataset", "shapes", resolution=16, size=64, labels=True)
+    fid = builtin_registry.create("metric", "fid", data=data, real_samples=32)
+    assert hasattr(fid, "update") and hasattr(fid, "compute")
+    model = builtin_registry.create("model", "dcgan", data=data, latent_dim=8, width=8)
+    assert model.noise_shape == (8,) and set(model.conditions) == {"label"}  # the shape and label are the data's
+    assert builtin_registry.create("model", "dcgan", data=data, conditional=False, width=8).conditions == {}
+    with pytest.raises(UserError, match="real"):
+        builtin_registry.create("metric", "fid")  # no data to compare with
+
+
+def test_a_factory_gets_a_context_and_an_older_one_its_keywords(builtin_registry):
+    from aigc_kit.core.plugin_api import ComponentSpec, Context, NoOptions, hookimpl
+
+    seen = {}
+
+    def newer(options, context):
+        seen["newer"] = context
+        return builtin_registry.create("metric", "fid", data=context.data)
+
+    def older(options, data=None):
+        seen["older"] = data
+        return builtin_registry.create("metric", "fid", data=data)
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def aigc_register_metrics():
+            return [ComponentSpec("newer", newer, "", NoOptions), ComponentSpec("older", older, "", NoOptions)]
+
+    builtin_registry.add_plugin(Plugin, "context-plugin")
+    data = builtin_registry.create("dataset", "shapes", resolution=16, size=8)
+    builtin_registry.create("metric", "newer", data=data)
+    builtin_registry.create("metric", "older", data=data)
+    assert seen["newer"] == Context(data, (3, 16, 16), {}) and seen["older"] is data

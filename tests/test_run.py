@@ -19,7 +19,7 @@ from aigc_kit.core.config import load_config
 from aigc_kit.core.errors import UserError, ValidationFailed
 from aigc_kit.core.run import run
 from aigc_kit.core.trained import export
-from aigc_kit.exporters import onnx_export
+from aigc_kit.exporters import onnx_validation
 
 from .conftest import tiny_config
 
@@ -100,7 +100,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path, write_config, builtin_regi
 
 def test_a_disagreeing_runtime_fails_the_export_loudly(tmp_path, write_config, builtin_registry, monkeypatch):
     run(write_config(tiny_config()), builtin_registry, output=tmp_path / "run")
-    real_session = onnx_export.open_session
+    real_session = onnx_validation.open_session
 
     class OffByALittle:
         def __init__(self, path):
@@ -112,7 +112,7 @@ def test_a_disagreeing_runtime_fails_the_export_loudly(tmp_path, write_config, b
         def __getattr__(self, name):
             return getattr(self.session, name)
 
-    monkeypatch.setattr(onnx_export, "open_session", OffByALittle)
+    monkeypatch.setattr(onnx_validation, "open_session", OffByALittle)
     out = tmp_path / "g.onnx"
     with pytest.raises(ValidationFailed) as caught:
         export(tmp_path / "run", builtin_registry, out=out)
@@ -123,11 +123,11 @@ def test_a_disagreeing_runtime_fails_the_export_loudly(tmp_path, write_config, b
 
 def test_compare_uses_absolute_and_relative_tolerance():
     expected = np.array([[1.0, 100.0]], dtype=np.float32)
-    within = onnx_export.compare(expected, expected + np.array([[5e-5, 0.05]], dtype=np.float32), 1e-4, 1e-3, 1)
-    beyond = onnx_export.compare(expected, expected + np.array([[2e-4, 0.0]], dtype=np.float32), 1e-4, 0.0, 1)
+    within = onnx_validation.compare(expected, expected + np.array([[5e-5, 0.05]], dtype=np.float32), 1e-4, 1e-3, 1)
+    beyond = onnx_validation.compare(expected, expected + np.array([[2e-4, 0.0]], dtype=np.float32), 1e-4, 0.0, 1)
     assert within["passed"] and not beyond["passed"]
     assert beyond["where"] == [0, 0]
-    wrong_shape = onnx_export.compare(expected, expected[:, :1], 1e-4, 1e-3, 1)
+    wrong_shape = onnx_validation.compare(expected, expected[:, :1], 1e-4, 1e-3, 1)
     assert not wrong_shape["passed"]
 
 

@@ -193,7 +193,9 @@ def test_wandb_offline_writes_the_config_metrics_pictures_and_export(wandb_recor
     run_id = json.loads((run_dir / "trackers" / "wandb.json").read_text())["run_id"]
     [log] = glob.glob(str(run_dir / "trackers" / "wandb" / "offline-run-*" / f"run-{run_id}.wandb"))
     records = wandb_records(type(run_dir)(log))
-    [opened] = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+    opened = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+    assert len(opened) == 1, ([record.WhichOneof("record_type") for record in records], result.output)
+    opened = opened[0]
     config = {item.key: json.loads(item.value_json) for item in opened.config.update}
     assert config["train"]["steps"] == 4 and config["model"]["name"] == "dcgan"
     assert opened.project == "shapes" and opened.display_name == "run" and "tiny" in opened.tags

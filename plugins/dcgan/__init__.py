@@ -14,7 +14,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from aigc_kit.core.plugin_api import ComponentSpec, Condition, ModelBundle, Options, hookimpl, square_image_size
+from aigc_kit.core.plugin_api import (
+    ComponentSpec,
+    Condition,
+    Context,
+    ModelBundle,
+    Options,
+    hookimpl,
+    square_image_size,
+)
 from aigc_kit.plugins.common import CONDITIONAL_HELP, ConditionalOption, model_conditions, refuse_packing_with_labels
 
 
@@ -54,14 +62,12 @@ class WganOptions(DcganOptions):
     )
 
 
-def build_dcgan(options: DcganOptions, data_shape: tuple[int, ...] | None = None,
-                conditions: dict[str, Condition] | None = None) -> ModelBundle:
-    return _build(options, data_shape, conditions, "dcgan", norm="batch")
+def build_dcgan(options: DcganOptions, context: Context) -> ModelBundle:
+    return _build(options, context.data_shape, context.conditions, "dcgan", norm="batch")
 
 
-def build_wgan(options: WganOptions, data_shape: tuple[int, ...] | None = None,
-               conditions: dict[str, Condition] | None = None) -> ModelBundle:
-    return _build(options, data_shape, conditions, "wgan", norm=options.critic_norm)
+def build_wgan(options: WganOptions, context: Context) -> ModelBundle:
+    return _build(options, context.data_shape, context.conditions, "wgan", norm=options.critic_norm)
 
 
 def _build(options: DcganOptions, data_shape: tuple[int, ...] | None, data_conditions: dict[str, Condition] | None,

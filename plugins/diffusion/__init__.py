@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from aigc_kit.core.plugin_api import (
     ComponentSpec,
-    Condition,
+    Context,
     ModelBundle,
     OptimizerSettings,
     hookimpl,
@@ -44,20 +44,19 @@ def _schedule(options: ScheduleOptions):
     return NoiseSchedule.from_options(options)
 
 
-def build_unet(options: UnetOptions, data_shape: tuple[int, ...] | None = None,
-               conditions: dict[str, Condition] | None = None) -> ModelBundle:
+def build_unet(options: UnetOptions, context: Context) -> ModelBundle:
     from aigc_kit.plugins.common import model_conditions
 
     from .unet import UNet
 
-    channels, resolution = square_image_size(options, data_shape, "unet")
+    channels, resolution = square_image_size(options, context.data_shape, "unet")
     levels = len(options.channel_multipliers)
     if resolution >> (levels - 1) < 4:
         from aigc_kit.core.errors import UserError
 
         raise UserError(f"{levels} levels halve {resolution} pixels below 4", field="model.channel_multipliers",
                         hint="use fewer levels for this resolution")
-    taken = model_conditions(options.conditional, conditions, "unet")
+    taken = model_conditions(options.conditional, context.conditions, "unet")
     denoiser = UNet(channels, resolution, options.width, options.channel_multipliers, options.blocks_per_level,
                     options.attention_resolutions, options.attention_heads, options.dropout, options.norm_groups,
                     classes=taken["label"].count if taken else 0, class_dropout=options.class_dropout,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, Context, Options, hookimpl
 
 
 class FeatureOptions(Options):
@@ -55,17 +55,17 @@ class CoverageOptions(FeatureOptions):
     k: int = Field(5, gt=0, description="The k of the k-nearest-neighbour balls (5 in Naeem et al.).")
 
 
-def _agreement(options: AgreementOptions, data=None):
+def _agreement(options: AgreementOptions, context: Context):
     from .agreement import ClassAgreement
 
-    return ClassAgreement(options, data)
+    return ClassAgreement(options, context.data)
 
 
 def _factory(kind: str):
-    def build(options: FeatureOptions, data=None):
+    def build(options: FeatureOptions, context: Context):
         from .metric import FeatureMetric
 
-        return FeatureMetric(kind, options, data)
+        return FeatureMetric(kind, options, context.data)
 
     return build
 

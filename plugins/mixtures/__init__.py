@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from aigc_kit.core.plugin_api import ComponentSpec, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, Context, Options, hookimpl
 
 
 class MixtureOptions(Options):
@@ -43,10 +43,10 @@ def build_mixture(options: MixtureOptions):
     return mixture_dataset(options)
 
 
-def build_mode_coverage(options: ModeCoverageOptions, data=None):
+def build_mode_coverage(options: ModeCoverageOptions, context: Context):
     from .mixture import ModeCoverage
 
-    return ModeCoverage(options, data)
+    return ModeCoverage(options, context.data)
 
 
 @hookimpl

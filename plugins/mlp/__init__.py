@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from aigc_kit.core.plugin_api import ComponentSpec, Condition, ModelBundle, Options, hookimpl
+from aigc_kit.core.plugin_api import ComponentSpec, Context, ModelBundle, Options, hookimpl
 from aigc_kit.plugins.common import CONDITIONAL_HELP, ConditionalOption, model_conditions, refuse_packing_with_labels
 
 
@@ -20,12 +20,12 @@ class MlpOptions(Options):
                                            "labels: true.)")
 
 
-def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None,
-              conditions: dict[str, Condition] | None = None) -> ModelBundle:
+def build_mlp(options: MlpOptions, context: Context) -> ModelBundle:
     from aigc_kit.core.errors import UserError
 
     from .networks import Discriminator, Generator
 
+    data_shape = context.data_shape
     shape = tuple(options.sample_shape or data_shape or ())
     if data_shape is not None and options.sample_shape is not None and tuple(options.sample_shape) != tuple(data_shape):
         raise UserError("the model's sample shape differs from the data's", field="model.sample_shape",
@@ -35,7 +35,7 @@ def build_mlp(options: MlpOptions, data_shape: tuple[int, ...] | None = None,
         raise UserError("model 'mlp' needs a sample shape (or data to take it from)", field="model.sample_shape")
     # Images live in [-1, 1] (tanh output); vectors such as 2-D mixture points are unbounded.
     bounded = len(shape) == 3
-    taken = model_conditions(options.conditional, conditions, "mlp")
+    taken = model_conditions(options.conditional, context.conditions, "mlp")
     refuse_packing_with_labels(options.pack, taken)
     classes = taken["label"].count if taken else 0
     generator = Generator(options.latent_dim, shape, options.width, options.depth, bounded, classes)
