@@ -131,7 +131,7 @@ class Run:
         self.stop_reason = self.stop_reason or reason
 
     def request_checkpoint(self) -> None:
-        """Write a checkpoint after this step (every process must ask: all take part in writing it)."""
+        """Write a checkpoint after this step (a request from any process: every process takes part in writing it)."""
         self.checkpoint_requested = True
 
     def emit(self, event: str, *arguments: Any) -> None:

@@ -170,10 +170,11 @@ class Trainer:
                         callbacks.emit("on_log", run, step, logs)
                         result.last_logs = {key: value for key, value in logs.items() if key not in TIMING}
                     callbacks.emit("on_step", run, step)
-                    signal, stop_asked = stop.signal, int(run.stop_reason is not None)
-                    if self.place.enabled:  # every process stops after the same step
-                        signal, stop_asked = distributed.largest_of_each([signal, stop_asked])
-                    if run.due.checkpoint or run.checkpoint_requested or signal or stop_asked:
+                    asked = [stop.signal, int(run.stop_reason is not None), int(run.checkpoint_requested)]
+                    if self.place.enabled:  # every process stops, or checkpoints, after the same step
+                        asked = distributed.largest_of_each(asked)
+                    signal, stop_asked, checkpoint_asked = asked
+                    if run.due.checkpoint or checkpoint_asked or signal or stop_asked:
                         if not run.due.any():
                             self._settle()
                         run.checkpoint_requested = False

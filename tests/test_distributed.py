@@ -104,13 +104,15 @@ PLUGIN = textwrap.dedent('''
         return [ComponentSpec("slow", lambda options, data=None: Slow(options), "Takes its time.", SlowOptions)]
 
     class StopInProcessOne:
-        """Asks to stop after step 2 in process 1 only; each process notes what it heard."""
+        """Asks for a checkpoint after step 1 and to stop after step 2, in process 1 only; each notes what it heard."""
         def _note(self, run, *event):
             with open(run.run_dir / f"heard-{torch.distributed.get_rank()}.jsonl", "a") as handle:
                 handle.write(__import__("json").dumps([run.step, *event]) + "\\n")
         def on_evaluate(self, run, step, values):
             self._note(run, "on_evaluate", values)
         def on_step(self, run, step):
+            if step == 1 and torch.distributed.get_rank() == 1:
+                run.request_checkpoint()
             if step == 2 and torch.distributed.get_rank() == 1:
                 run.request_stop("process 1 has seen enough")
         def on_end(self, run, outcome):
@@ -311,7 +313,7 @@ def slow_evaluation_run(tmp_path, seconds: float, timeout: float):
 
 
 @pytest.mark.slow
-def test_a_stop_one_process_asks_for_stops_every_process_after_the_same_step(tmp_path):
+def test_a_stop_or_checkpoint_one_process_asks_for_happens_in_every_process_after_the_same_step(tmp_path):
     config = yaml.safe_load(write_run(tmp_path, "stop", batch_size=8, batchnorm=False, sync=False, steps=6).read_text())
     config["train"].update(eval_every=2, eval={"samples": 8, "metrics": [{"name": "slow", "seconds": 0.0}]},
                            checkpoint_every=100)
@@ -321,6 +323,7 @@ def test_a_stop_one_process_asks_for_stops_every_process_after_the_same_step(tmp
     done = torchrun("run", str(tmp_path / "stop.yaml"), "--output", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert (run_dir / "checkpoints" / "step-000001").is_dir()  # asked for by process 1 alone
     for rank in (0, 1):  # process 0 evaluated; both heard the same values, and both stopped
         heard = [json.loads(line) for line in (run_dir / f"heard-{rank}.jsonl").read_text().splitlines()]
         assert heard == [[2, "on_evaluate", {"slow/value": 1.0}], [2, "on_end", "stopped"]]
