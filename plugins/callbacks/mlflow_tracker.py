@@ -10,14 +10,12 @@ its own (:class:`~.trackers.Worker`).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from aigc_kit.core.callbacks import Run
-from aigc_kit.core.errors import UserError
 
 from .options import MlflowOptions
 from .trackers import Identity, Tracker, flatten, run_tags
@@ -34,11 +32,9 @@ class MlflowIdentity(Identity):
 class MlflowTracker(Tracker):
     name = "mlflow"
     identity_model = MlflowIdentity
+    install_hint = "pip install 'aigc-kit[mlflow]' (or mlflow-skinny, to log to a server only)"
 
     def __init__(self, options: MlflowOptions) -> None:
-        if importlib.util.find_spec("mlflow") is None:
-            raise UserError("the mlflow callback needs the mlflow package", field="callbacks",
-                            hint="pip install 'aigc-kit[mlflow]' (or mlflow-skinny, to log to a server only)")
         super().__init__(options)
         self.client: Any = None
         self.run_id = ""

@@ -4,6 +4,7 @@ run identity kept in the run directory so that a resumed run goes on in the same
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aigc_kit.core.callbacks import Run
+from aigc_kit.core.errors import UserError
 from aigc_kit.core.files import write_text
 
 
@@ -89,8 +91,13 @@ class Tracker:
 
     name = "tracker"
     identity_model: type[BaseModel]
+    install_hint = ""
+    """How to install the tracker's package, for the message when it is missing."""
 
     def __init__(self, options: Any) -> None:
+        if importlib.util.find_spec(self.name) is None:  # refused when the run is built, before any step
+            raise UserError(f"the {self.name} callback needs the {self.name} package", field="callbacks",
+                            hint=self.install_hint or f"pip install 'aigc-kit[{self.name}]'")
         self.options = options
         self.worker: Worker | None = None
         self.opened = False

@@ -9,13 +9,11 @@ offline mode that is all it writes, for ``wandb sync`` to send later.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
 
 from aigc_kit.core.callbacks import Run
-from aigc_kit.core.errors import UserError
 
 from .options import WandbOptions
 from .trackers import Identity, Tracker, run_tags
@@ -30,9 +28,6 @@ class WandbTracker(Tracker):
     identity_model = WandbIdentity
 
     def __init__(self, options: WandbOptions) -> None:
-        if importlib.util.find_spec("wandb") is None:
-            raise UserError("the wandb callback needs the wandb package", field="callbacks",
-                            hint="pip install 'aigc-kit[wandb]'")
         super().__init__(options)
         self.wandb: Any = None
         self.run: Any = None
