@@ -130,7 +130,9 @@ def test_a_callback_stops_the_run_with_a_checkpoint_and_an_export(recorder_confi
     assert "stopped early, after step 3: enough" in result.output
     seen = events(run_dir)
     assert ("on_checkpoint", 3, 3, "step-000003") in seen and ("on_step", 4, 4) not in seen
-    assert seen[-2:] == [("on_export", 3, "model.onnx"), ("on_end", 3, "stopped")]
+    assert seen[-3:] == [("on_export", 3, "model.onnx"), ("on_samples", 3, 3, "step-000003.png"),
+                         ("on_end", 3, "stopped")]  # the last step's picture, as an ended run has one
+    assert (run_dir / "samples" / "step-000003.png").is_file()
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 

@@ -119,7 +119,8 @@ class SampleGrid:
     """A picture of ``train.sample_count`` samples from fixed noise at each ``train.sample_every`` step.
 
     One row per class for a conditional model, a scatter plot for 2-D data;
-    written by process 0 to RUN_DIR/samples/step-NNNNNN.png and announced as ``on_samples``.
+    written by process 0 to RUN_DIR/samples/step-NNNNNN.png and announced as ``on_samples``; also at
+    the step a callback stopped the run.
     """
 
     def __init__(self) -> None:
@@ -137,6 +138,12 @@ class SampleGrid:
     def on_step(self, run: Run, step: int) -> None:
         if run.due.samples and run.is_main:
             run.emit("on_samples", step, self.write(run, step))
+
+    def on_end(self, run: Run, outcome: str) -> None:
+        """A run a callback stopped early gets the picture of its last step too, as a run that ends does."""
+        written = run.samples[-1].name if run.samples else None
+        if outcome == "stopped" and run.is_main and written != f"step-{run.step:06d}.png":
+            run.emit("on_samples", run.step, self.write(run, run.step))
 
     @torch.no_grad()
     def write(self, run: Run, step: int) -> Path:

@@ -30,7 +30,7 @@ class MlflowIdentity(Identity):
 
 
 class MlflowTracker(Tracker):
-    name = "mlflow"
+    name = package = "mlflow"
     identity_model = MlflowIdentity
     install_hint = "pip install 'aigc-kit[mlflow]' (or mlflow-skinny, to log to a server only)"
 

@@ -91,12 +91,14 @@ class Tracker:
 
     name = "tracker"
     identity_model: type[BaseModel]
+    package: str | None = None
+    """The Python package the tracker talks through, checked for when the run is built (before any step)."""
     install_hint = ""
-    """How to install the tracker's package, for the message when it is missing."""
+    """How to install it, for the message when it is missing."""
 
     def __init__(self, options: Any) -> None:
-        if importlib.util.find_spec(self.name) is None:  # refused when the run is built, before any step
-            raise UserError(f"the {self.name} callback needs the {self.name} package", field="callbacks",
+        if self.package is not None and importlib.util.find_spec(self.package) is None:
+            raise UserError(f"the {self.name} callback needs the {self.package} package", field="callbacks",
                             hint=self.install_hint or f"pip install 'aigc-kit[{self.name}]'")
         self.options = options
         self.worker: Worker | None = None

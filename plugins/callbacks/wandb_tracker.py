@@ -24,7 +24,7 @@ class WandbIdentity(Identity):
 
 
 class WandbTracker(Tracker):
-    name = "wandb"
+    name = package = "wandb"
     identity_model = WandbIdentity
 
     def __init__(self, options: WandbOptions) -> None:
