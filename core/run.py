@@ -183,6 +183,10 @@ def _train_holding(loaded: LoadedConfig, registry: Registry, output: str | Path 
         if opening:
             say(opening)
         say(f"training {steps} on {device}{processes_note}; precision {precision.describe()}")
+        for name, callback in components.callbacks:  # a config that came with a run names its trackers too: say where
+            where = callback.logs_to(run_dir) if callable(getattr(callback, "logs_to", None)) else ""
+            if where:
+                say(f"{name} logs to {where}")
 
     def export_run(trained: Path) -> tuple[Path, Any]:
         # From the checkpoint just written, as `aigc-kit export` does: one path, on the CPU, in fp32,

@@ -52,6 +52,7 @@ def test_mlflow_gets_the_config_metrics_pictures_export_and_tags(mlflow_client, 
     assert result.exit_code == 0, result.output
     identity = json.loads((run_dir / "trackers" / "mlflow.json").read_text())
     assert identity["tracking_uri"] == f"sqlite:///{(run_dir / 'trackers' / 'mlflow.db').resolve()}"
+    assert f"mlflow logs to {identity['tracking_uri']}\n" in result.output  # said before training
     client = mlflow_client(identity["tracking_uri"])
     tracked = client.get_run(identity["run_id"])
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == "run"
@@ -73,6 +74,7 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(mlflow_client, write_confi
     first = json.loads((run_dir / "trackers" / "mlflow.json").read_text())
     result = invoke("resume", run_dir, "--set", "train.steps=6")
     assert result.exit_code == 0, result.output
+    assert f"mlflow logs to {first['tracking_uri']}" in result.output  # the run's own config named it
     assert json.loads((run_dir / "trackers" / "mlflow.json").read_text()) == first
     client = mlflow_client(first["tracking_uri"])
     assert [m.step for m in client.get_metric_history(first["run_id"], "fid/fid")] == [2, 4, 6]
@@ -190,6 +192,7 @@ def test_wandb_offline_writes_the_config_metrics_pictures_and_export(wandb_recor
     entry = {"name": "wandb", "mode": "offline", "project": "shapes", "tags": ["tiny"]}
     result = invoke("run", write_config(tracked_config(entry)), "--output", run_dir)
     assert result.exit_code == 0, result.output
+    assert f"wandb logs to W&B project shapes (offline; files in {run_dir / 'trackers' / 'wandb'})" in result.output
     run_id = json.loads((run_dir / "trackers" / "wandb.json").read_text())["run_id"]
     [log] = glob.glob(str(run_dir / "trackers" / "wandb" / "offline-run-*" / f"run-{run_id}.wandb"))
     records = wandb_records(type(run_dir)(log))

@@ -39,19 +39,19 @@ class MlflowTracker(Tracker):
         self.client: Any = None
         self.run_id = ""
 
-    def tracking_uri(self, run: Run) -> str:
-        """The option, else MLFLOW_TRACKING_URI, else a SQLite store in RUN_DIR/trackers."""
+    def logs_to(self, run_dir: Path) -> str:
+        """The tracking store: the option, else MLFLOW_TRACKING_URI, else a SQLite store in RUN_DIR/trackers."""
         if self.options.tracking_uri:
             return self.options.tracking_uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
-        return f"sqlite:///{(run.run_dir / 'trackers' / 'mlflow.db').resolve()}"
+        return f"sqlite:///{(run_dir / 'trackers' / 'mlflow.db').resolve()}"
 
     def open(self, run: Run, previous: MlflowIdentity | None) -> MlflowIdentity:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = self.tracking_uri(run)
+        uri = self.logs_to(run.run_dir)
         (run.run_dir / "trackers").mkdir(parents=True, exist_ok=True)
         if uri.startswith("sqlite:"):  # a new store's table creation is not news on a training run's console
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

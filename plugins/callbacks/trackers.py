@@ -148,6 +148,10 @@ class Tracker:
 
     # -- what a tracker implements -------------------------------------------
 
+    def logs_to(self, run_dir: Path) -> str:
+        """Where the tracker sends the run, for the run's opening lines ("" to say nothing)."""
+        return ""
+
     def open(self, run: Run, previous: BaseModel | None) -> BaseModel:
         raise NotImplementedError
 

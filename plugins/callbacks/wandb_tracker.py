@@ -9,6 +9,7 @@ offline mode that is all it writes, for ``wandb sync`` to send later.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ class WandbTracker(Tracker):
         super().__init__(options)
         self.wandb: Any = None
         self.run: Any = None
+
+    def logs_to(self, run_dir: Path) -> str:
+        entity = f"{self.options.entity}/" if self.options.entity else ""
+        mode = self.options.mode or os.environ.get("WANDB_MODE") or "online"
+        return f"W&B project {entity}{self.options.project} ({mode}; files in {run_dir / 'trackers' / 'wandb'})"
 
     def open(self, run: Run, previous: WandbIdentity | None) -> WandbIdentity:
         import wandb
