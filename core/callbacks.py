@@ -63,10 +63,6 @@ EVENTS = ("on_start", "on_log", "on_step", "on_samples", "on_evaluate", "on_chec
           "on_export", "on_end")
 """Every event a callback may answer, in the order they come within a run."""
 
-OUTCOMES = ("finished", "stopped", "interrupted", "failed")
-"""How a run ended, as ``on_end`` is told."""
-
-
 @dataclass(frozen=True)
 class Due:
     """What the ``train`` section schedules at this step: the loop reads the device's checks first when any is due."""
