@@ -148,34 +148,28 @@ class Callbacks:
             check_events(name, callback)
         self.named = list(named)
 
-    def emit(self, event: str, run: Run, *arguments: Any) -> None:
+    def emit(self, event: str, run: Run, *arguments: Any, warn_only: bool = False) -> None:
+        """Call each callback's method for ``event``; with ``warn_only``, one that fails is reported as a warning."""
         for name, callback in self.named:
             method = getattr(callback, event, None)
             if method is None:
                 continue
             try:
                 method(run, *arguments)
-            except UserError:
-                raise
             except Exception as exc:
-                if is_disk_full(exc):
-                    raise  # the run reports a full disk as such
+                if warn_only:
+                    warnings.warn(f"the callback {name!r} failed in {event}: {type(exc).__name__}: {exc}",
+                                  stacklevel=2)
+                    continue
+                if isinstance(exc, UserError) or is_disk_full(exc):
+                    raise  # a user error as it is, a full disk as such
                 raise UserError(f"the callback {name!r} failed in {event}: {type(exc).__name__}: {exc}",
                                 hint="--debug shows where it failed") from exc
 
     def end(self, run: Run, outcome: str) -> None:
-        """``on_end`` for every callback; after a failure or an interrupt, a callback that fails too only warns."""
-        if outcome in ("finished", "stopped"):
-            self.emit("on_end", run, outcome)
-            return
-        for name, callback in self.named:
-            method = getattr(callback, "on_end", None)
-            if method is None:
-                continue
-            try:
-                method(run, outcome)
-            except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
-                warnings.warn(f"the callback {name!r} failed in on_end: {type(exc).__name__}: {exc}", stacklevel=2)
+        """``on_end`` for every callback; after a failure or an interrupt, a callback that fails too only warns
+        (the run's own error is the one to report)."""
+        self.emit("on_end", run, outcome, warn_only=outcome not in ("finished", "stopped"))
 
     def states(self) -> dict[str, Any]:
         """Each stateful callback's ``state()``, for the checkpoint."""

@@ -169,13 +169,6 @@ def all_agree(flag: bool) -> bool:
     return bool(value.item())
 
 
-def largest(number: int) -> int:
-    """The largest ``number`` over the processes (a stop signal seen by any of them)."""
-    value = torch.tensor([number])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=_host_group)
-    return int(value.item())
-
-
 def largest_of_each(numbers: list[int]) -> list[int]:
     """Each of ``numbers``' largest value over the processes, in one exchange."""
     value = torch.tensor(numbers)

@@ -231,11 +231,6 @@ class Context:
     data_shape: tuple[int, ...] | None = None
     conditions: dict[str, Condition] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, data: DatasetBundle) -> Context:
-        """The context of components built for ``data``."""
-        return cls(data, tuple(data.info.shape), dict(data.info.conditions))
-
 
 class Loss(Protocol):
     """A loss component: its phases, and the loss of one phase for one batch.
